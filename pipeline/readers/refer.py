@@ -1,0 +1,426 @@
+"""RefCOCO / RefCOCO+ / RefCOCOg in the refer layout (github.com/lichengunc/refer), plus the helpers
+every RefCOCO reader shares: ref items, read rejects, sentence dedupe, holdout image ids.
+
+    DATA_ROOT/<dataset>/refs(<split_by>).p   pickled list of refs (Python 2, protocol 2)
+    DATA_ROOT/<dataset>/instances.json       COCO-style images / annotations / categories
+
+Plain Python, no Beam: every function works on one file or one row, so the Beam builder can call it
+from a DoFn. A reader yields one dict per ref: a *ref item* (see `make_item`) or, for a malformed ref,
+a *read reject* (see `make_reject`); it never raises on one bad row. A bad configuration (unknown
+dataset, missing file, hostile pickle) raises `ReaderError` at once.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import re
+from typing import Any, Iterable, Iterator, NamedTuple
+
+DATASETS = ("refcoco", "refcoco+", "refcocog")
+# (dataset -> split_by values that exist in lichengunc/refer)
+SPLIT_BY = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("google", "umd")}
+TRAIN_SPLIT = "train"
+
+
+class ReaderError(ValueError):
+    """A configuration or whole-file problem: the run stops with this one-line message."""
+
+
+class UnsafePickleError(ReaderError):
+    """A pickle that references anything but plain containers and scalars."""
+
+
+class _Reject(Exception):
+    """Internal: one row is unusable; turned into a read reject by the row function."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- items and rejects
+
+def make_item(*, dataset: str, split: str, ref_id: str, ann_id: str | None, image_id: str,
+              file_name: str | None, image_bytes: bytes | None, width: int | None, height: int | None,
+              bbox_xyxy: list[float], sentences: list[str], source: str) -> dict:
+    """The normalised output of every RefCOCO reader (one per ref, sentences not yet deduplicated)."""
+    return {
+        "dataset": dataset, "split": split, "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id,
+        "file_name": file_name, "image_bytes": image_bytes, "width": width, "height": height,
+        "bbox_xyxy": bbox_xyxy, "sentences": sentences, "source": source,
+    }
+
+
+def make_reject(source: str, reason: str, detail: str) -> dict:
+    return {"reject": True, "source": source, "stage": "read", "reason": reason, "detail": detail}
+
+
+def is_reject(obj: dict) -> bool:
+    return bool(obj.get("reject"))
+
+
+# ---------------------------------------------------------------- restricted unpickler
+
+def _empty_bytes(*args):
+    # Python 3 pickles b"" at protocol < 3 as `builtins.bytes()`.
+    if args:
+        raise UnsafePickleError("refusing to unpickle builtins.bytes with arguments: only bytes() is allowed")
+    return b""
+
+
+def _latin1_encode(obj=None, encoding=None, *rest):
+    # Python 3 pickles bytes at protocol < 3 as `_codecs.encode(str, "latin1")`.
+    if rest or not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("refusing to unpickle _codecs.encode other than (str, 'latin1')")
+    return obj.encode("latin1")
+
+
+_ALLOWED_GLOBALS = {
+    ("builtins", "bytes"): _empty_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Every GLOBAL / STACK_GLOBAL / INST / EXT opcode goes through find_class, so refusing there means
+    no class or function other than the two byte-string helpers above ever reaches REDUCE/OBJ/BUILD."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise UnsafePickleError(
+                f"refusing to unpickle {module}.{name}: only plain containers and scalars are allowed")
+        return allowed
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"refusing to unpickle persistent id {pid!r}: only plain containers and scalars are allowed")
+
+
+def safe_load_pickle(path_or_file: Any) -> Any:
+    """Load a pickle of dicts, lists, tuples, str, bytes, int, float, bool and None only.
+
+    Anything else raises UnsafePickleError (one line, names the class) before it is called. Python 2
+    `str` objects (refer's refs(*).p) decode as UTF-8, falling back to latin-1 when they are not valid
+    UTF-8. Corrupt data raises ReaderError.
+    """
+    if hasattr(path_or_file, "read"):
+        data, name = path_or_file.read(), getattr(path_or_file, "name", "<file>")
+    else:
+        name = str(path_or_file)
+        with _open(name) as f:
+            data = f.read()
+    try:
+        try:
+            return _RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
+        except UnicodeDecodeError:
+            return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{name}: {exc}") from None
+    except Exception as exc:  # pickle raises many types for corrupt input
+        raise ReaderError(f"{name}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------- value helpers
+
+def _open(path: str, mode: str = "rb"):
+    if "://" in path:
+        import fsspec
+
+        return fsspec.open(path, mode).open()
+    return open(path, mode)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin1")
+    return value if isinstance(value, str) else None
+
+
+def _str_keys(d: dict) -> dict:
+    """Dict keys that a pickle loaded as bytes become str."""
+    return {(_text(k) if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def id_str(value: Any) -> str | None:
+    """A source id as a string: 12 -> "12", 12.0 -> "12", " 12 " -> "12"; None for missing/unusable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else None
+    text = _text(value)
+    if text is None or not text.strip():
+        return None
+    return text.strip()
+
+
+def canonical_image_id(value: Any) -> str | None:
+    """Image ids compare as strings; all-digit ids lose leading zeros so "000000581857" == "581857"."""
+    text = id_str(value)
+    if text is not None and text.isdigit():
+        return str(int(text))
+    return text
+
+
+def positive_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value > 0:
+        return value
+    return None
+
+
+def bbox_to_xyxy(value: Any, fmt: str) -> list[float]:
+    """4 finite numbers in `fmt` ("xywh" or "xyxy") -> xyxy floats. Raises _Reject("bad_bbox")."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _Reject("bad_bbox", f"not a list of 4 numbers: {value!r}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise _Reject("bad_bbox", f"not a list of 4 numbers: {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise _Reject("bad_bbox", f"not a list of 4 numbers: {value!r}")
+    vals = [float(v) for v in value]
+    if any(math.isnan(v) or math.isinf(v) for v in vals):
+        raise _Reject("bad_bbox", f"non-finite value in {vals}")
+    if fmt == "xywh":
+        x, y, w, h = vals
+        return [x, y, x + w, y + h]
+    return vals
+
+
+def check_bbox_format(fmt: str | None) -> None:
+    if fmt not in (None, "xywh", "xyxy"):
+        raise ReaderError(f"--bbox-format must be xywh or xyxy, got {fmt!r}")
+
+
+def check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ReaderError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+def sentence_texts(value: Any) -> list[str]:
+    """Expressions from a sentences field: refer dicts ({raw, sent, ...}: `raw`, else `sent`) or plain
+    strings. Non-text and blank entries are skipped; the raw form is kept as is."""
+    if isinstance(value, (str, bytes)):
+        text = _text(value)
+        if text is not None and text.lstrip().startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = [text]
+        else:
+            value = [text]
+    if not isinstance(value, (list, tuple)):
+        return []
+    out = []
+    for sent in value:
+        if isinstance(sent, dict):
+            sent = _str_keys(sent)
+            text = _text(sent.get("raw"))
+            if text is None or not text.strip():
+                text = _text(sent.get("sent"))
+        else:
+            text = _text(sent)
+        if text is not None and text.strip():
+            out.append(text)
+    return out
+
+
+def required(row: dict, key: str, convert=id_str):
+    value = convert(row.get(key))
+    if value is None:
+        raise _Reject("missing_field", f"{key} is missing or empty (got {row.get(key)!r})")
+    return value
+
+
+# ---------------------------------------------------------------- sentence dedupe and holdout
+
+def normalize_sentence(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def dedupe_sentences(sentences: Iterable[str]) -> tuple[list[str], int]:
+    """Drop sentences equal after case folding and whitespace collapsing; keep the first raw form, in
+    order. Blank sentences are dropped too. Returns (kept, number dropped)."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    dropped = 0
+    for text in sentences:
+        key = normalize_sentence(text)
+        if not key or key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        kept.append(text)
+    return kept, dropped
+
+
+def _id_sort_key(image_id: str):
+    return (0, int(image_id), image_id) if image_id.isdigit() else (1, 0, image_id)
+
+
+def holdout_image_ids(items: Iterable[dict]) -> list[str]:
+    """Sorted unique image ids of every item whose split is not `train` (val, testA, testB, test, ...).
+    Rejects are ignored. Numeric ids sort numerically."""
+    ids = {item["image_id"] for item in items if not is_reject(item) and item["split"] != TRAIN_SPLIT}
+    return sorted(ids, key=_id_sort_key)
+
+
+def holdout_text(image_ids: Iterable[str]) -> str:
+    """Contents of OUT/holdout_image_ids.txt: a comment line, then one id per line."""
+    lines = ["# image ids in val/test splits; pass to --exclude-images to keep them out of training sets"]
+    lines += list(image_ids)
+    return "\n".join(lines) + "\n"
+
+
+def parse_exclude_images(text: str) -> frozenset[str]:
+    """One image id per line; `#` starts a comment; blank lines are ignored. Ids are canonicalised."""
+    ids = set()
+    for line in text.splitlines():
+        image_id = canonical_image_id(line.split("#", 1)[0])
+        if image_id is not None:
+            ids.add(image_id)
+    return frozenset(ids)
+
+
+def read_exclude_images(path: str) -> frozenset[str]:
+    """Read an `--exclude-images FILE`. A missing file is a ReaderError."""
+    try:
+        with _open(str(path)) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ReaderError(f"--exclude-images file not found: {path}") from None
+    return parse_exclude_images(data.decode("utf-8"))
+
+
+# ---------------------------------------------------------------- refer layout
+
+class ReferIndex(NamedTuple):
+    images: dict[str, tuple[str | None, int | None, int | None]]   # image id -> (file_name, width, height)
+    annotations: dict[str, tuple[str | None, Any]]                 # ann id -> (image id, raw bbox)
+
+
+def refer_paths(refer_dir: str, dataset: str, split_by: str) -> tuple[str, str]:
+    """(refs pickle, instances.json) for a valid (dataset, split_by); ReaderError otherwise."""
+    check_dataset(dataset)
+    if split_by not in SPLIT_BY[dataset]:
+        valid = "; ".join(f"{d}: {'|'.join(s)}" for d, s in SPLIT_BY.items())
+        raise ReaderError(f"{dataset} has no split_by {split_by!r} (refer provides {valid})")
+    base = os.path.join(str(refer_dir), dataset)
+    refs_path = os.path.join(base, f"refs({split_by}).p")
+    instances_path = os.path.join(base, "instances.json")
+    for path in (refs_path, instances_path):
+        if "://" not in path and not os.path.isfile(path):
+            raise ReaderError(f"refer file not found: {path}")
+    return refs_path, instances_path
+
+
+def load_instances(path: str) -> ReferIndex:
+    """Index instances.json by image id and annotation id (string ids, canonical for images)."""
+    try:
+        with _open(str(path)) as f:
+            data = json.load(f)
+    except ValueError as exc:
+        raise ReaderError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise ReaderError(f"{path}: expected a COCO instances file with 'images' and 'annotations' lists")
+    images = {}
+    for img in data["images"]:
+        image_id = canonical_image_id(img.get("id")) if isinstance(img, dict) else None
+        if image_id is not None:
+            images[image_id] = (_text(img.get("file_name")), positive_int(img.get("width")),
+                                positive_int(img.get("height")))
+    annotations = {}
+    for ann in data["annotations"]:
+        ann_id = id_str(ann.get("id")) if isinstance(ann, dict) else None
+        if ann_id is not None:
+            annotations[ann_id] = (canonical_image_id(ann.get("image_id")), ann.get("bbox"))
+    return ReferIndex(images, annotations)
+
+
+def load_refs(path: str) -> list:
+    refs = safe_load_pickle(path)
+    if not isinstance(refs, list):
+        raise ReaderError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
+    return refs
+
+
+def ref_source(refs_path: str, ref: Any, position: int) -> str:
+    ref_id = id_str(_str_keys(ref).get("ref_id")) if isinstance(ref, dict) else None
+    return f"{refs_path}#ref_id={ref_id}" if ref_id is not None else f"{refs_path}#index={position}"
+
+
+def ref_to_item(ref: Any, index: ReferIndex, *, dataset: str, source: str) -> dict:
+    """One refer ref -> ref item, or a read reject. Box and image file name come from instances.json
+    (refs' own file_name is the annotation-suffixed COCO_train2014_<image>_<ann>.jpg)."""
+    try:
+        if not isinstance(ref, dict):
+            raise _Reject("bad_row", f"ref is a {type(ref).__name__}, not a dict")
+        ref = _str_keys(ref)
+        ref_id = required(ref, "ref_id")
+        split = required(ref, "split", _text_or_none)
+        ann_id = required(ref, "ann_id")
+        if ann_id not in index.annotations:
+            raise _Reject("unknown_annotation", f"ann_id {ann_id} not in instances.json")
+        ann_image_id, raw_bbox = index.annotations[ann_id]
+        image_id = canonical_image_id(ref.get("image_id")) or ann_image_id
+        if image_id is None:
+            raise _Reject("missing_field", "image_id is missing in the ref and its annotation")
+        if ann_image_id is not None and ann_image_id != image_id:
+            raise _Reject("annotation_image_mismatch",
+                          f"ref image_id {image_id} but annotation {ann_id} is on image {ann_image_id}")
+        if image_id not in index.images:
+            raise _Reject("unknown_image", f"image_id {image_id} not in instances.json")
+        file_name, width, height = index.images[image_id]
+        if not file_name:
+            raise _Reject("missing_field", f"image {image_id} has no file_name in instances.json")
+        bbox = bbox_to_xyxy(raw_bbox, "xywh")
+        sentences = sentence_texts(ref.get("sentences"))
+        if not sentences:
+            raise _Reject("no_sentences", f"ref {ref_id} has no usable sentences")
+    except _Reject as rej:
+        return make_reject(source, rej.reason, rej.detail)
+    return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=ann_id, image_id=image_id,
+                     file_name=file_name, image_bytes=None, width=width, height=height, bbox_xyxy=bbox,
+                     sentences=sentences, source=source)
+
+
+def _text_or_none(value: Any) -> str | None:
+    text = _text(value)
+    return text.strip() if text is not None and text.strip() else None
+
+
+def read_refer(refer_dir: str, dataset: str, split_by: str) -> Iterator[dict]:
+    """All refs of DATA_ROOT/<dataset>/refs(<split_by>).p as ref items / read rejects, in file order."""
+    refs_path, instances_path = refer_paths(refer_dir, dataset, split_by)
+    refs = load_refs(refs_path)
+    index = load_instances(instances_path)
+    for position, ref in enumerate(refs):
+        yield ref_to_item(ref, index, dataset=dataset, source=ref_source(refs_path, ref, position))
+
+
+_COCO_NAME = re.compile(r"COCO_[A-Za-z]+\d*_0*(\d+)(?:\.\w+)?$")
+
+
+def image_id_from_file_name(file_name: str) -> str | None:
+    """COCO_train2014_000000581857.jpg -> "581857"; 000000581857.jpg -> "581857"; else the stem."""
+    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    match = _COCO_NAME.search(base)
+    if match:
+        return match.group(1)
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    return canonical_image_id(stem)

@@ -1,0 +1,282 @@
+"""Deterministic sharded Parquet output: data/, rejects/, dataset_info.json and the dataset card.
+
+Rows are bucketed into shards by a hash of their key, so the same inputs give the same shard for every
+row whatever the runner's parallelism; within a shard rows are sorted by key; each file is written under a
+temporary name and renamed. The shard count per split comes from a target size (or is given), so every
+`{split}-{i:05d}-of-{n:05d}.parquet` for i < n exists, empty ones included. dataset_info.json is written
+last and removed at the start of a run, so an interrupted output is recognisably incomplete; a restarted
+run rewrites every shard and deletes files from earlier runs that are not part of the new output.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import platform
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline import fs
+from schemas import record_arrow_schema, reject_arrow_schema
+from transforms.records import BUILDER_VERSION, bucket, reject
+
+INFO_FILE = "dataset_info.json"
+MAX_ROWS_PER_GROUP = 1000
+REJECTS_PER_SHARD = 200_000
+
+
+def record_size(row: dict) -> int:
+    image = row.get("image") or {}
+    size = len(image.get("bytes") or b"") + len(image.get("path") or "")
+    for col in ("prompt", "target", "caption", "meta", "id"):
+        size += len(row.get(col) or "")
+    return size + 40 * len(row.get("objects") or ())
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def parquet_bytes(rows: list[dict], schema, row_group_bytes: int) -> bytes:
+    """Encode rows as one Parquet file; row groups stay under `row_group_bytes` so image bytes never
+    overflow an Arrow batch (binary arrays are limited to 2 GiB) and readers can stream."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, schema, compression="snappy", write_page_index=False) as writer:
+        for group in _row_groups(rows, row_group_bytes):
+            writer.write_table(pa.Table.from_pylist(group, schema=schema), row_group_size=len(group))
+        if not rows:
+            writer.write_table(schema.empty_table())
+    return buf.getvalue()
+
+
+def _row_groups(rows: list[dict], limit: int):
+    group, size = [], 0
+    for row in rows:
+        row_size = record_size(row) if "image" in row else len(json.dumps(row))
+        if group and (size + row_size > limit or len(group) >= MAX_ROWS_PER_GROUP):
+            yield group
+            group, size = [], 0
+        group.append(row)
+        size += row_size
+    if group:
+        yield group
+
+
+class _WriteShard(beam.DoFn):
+    """((split, index, count), rows) -> shard info; duplicate keys become rejects."""
+
+    DUPES = "duplicates"
+
+    def __init__(self, directory: str, kind: str, row_group_bytes: int):
+        self.directory = directory
+        self.kind = kind  # "data" or "rejects"
+        self.row_group_bytes = row_group_bytes
+        self.rows_written = Metrics.counter("groundforge", f"{kind}_rows_written")
+
+    def process(self, element):
+        (split, index, count), items = element
+        rows = [r for r in items if r is not None]
+        if self.kind == "data":
+            rows.sort(key=lambda r: r["id"])
+            rows, dupes = self._drop_duplicates(rows)
+            for row in dupes:
+                yield beam.pvalue.TaggedOutput(self.DUPES, row)
+            schema = record_arrow_schema()
+        else:
+            rows.sort(key=lambda r: (r["stage"], r["reason"], r["source"], r["detail"]))
+            schema = reject_arrow_schema()
+        data = parquet_bytes(rows, schema, self.row_group_bytes)
+        name = shard_name(split, index, count)
+        fs.write_bytes(fs.join(self.directory, name), data)
+        self.rows_written.inc(len(rows))
+        tasks = dict(Counter(r["task"] for r in rows)) if self.kind == "data" else {}
+        yield {"file": f"{self.kind}/{name}", "split": split, "rows": len(rows),
+               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "tasks": tasks}
+
+    def _drop_duplicates(self, rows):
+        kept, dupes = [], []
+        for row in rows:
+            if kept and kept[-1]["id"] == row["id"]:
+                same = kept[-1] == row
+                dupes.append(reject(f"record:{row['id']}", "write", "duplicate_record" if same else "duplicate_key",
+                                    "identical record produced twice" if same else "two records share a key"))
+                continue
+            kept.append(row)
+        return kept, dupes
+
+
+def _shard_counts(totals, fixed: int | None, target_bytes: int):
+    split, total = totals
+    n = fixed if fixed else max(1, math.ceil(total / target_bytes))
+    return split, n
+
+
+def _sharded(rows, key_of, size_of, split_of, fixed, target_bytes, label):
+    """Key rows by (split, shard index, shard count), with one empty marker per shard so none is missing."""
+    by_split = rows | f"{label}BySplit" >> beam.Map(lambda r: (split_of(r), r))
+    totals = (by_split | f"{label}Sizes" >> beam.Map(lambda kv: (kv[0], size_of(kv[1])))
+              | f"{label}Total" >> beam.CombinePerKey(sum))
+    counts = totals | f"{label}Count" >> beam.Map(_shard_counts, fixed, target_bytes)
+    keyed = by_split | f"{label}Key" >> beam.Map(
+        lambda kv, n: ((kv[0], bucket(key_of(kv[1]), n[kv[0]]), n[kv[0]]), kv[1]), n=beam.pvalue.AsDict(counts))
+    empties = counts | f"{label}Empties" >> beam.FlatMap(lambda sn: [((sn[0], i, sn[1]), None) for i in range(sn[1])])
+    return (keyed, empties) | f"{label}Flatten" >> beam.Flatten() | f"{label}Group" >> beam.GroupByKey()
+
+
+def _reject_key(r: dict) -> str:
+    return "\x1f".join((r["stage"], r["reason"], r["source"], r["detail"]))
+
+
+class WriteDataset(beam.PTransform):
+    """Write {"records", "rejects", "stats"} PCollections as a groundforge output directory.
+
+    stats is a PCollection of (name, int) pairs (e.g. ("read", 1)) summed into dataset_info.json.
+    """
+
+    def __init__(self, out_dir: str, *, builder: str, dataset: str, args: dict, num_shards: int | None = None,
+                 shard_size_mb: float = 256, row_group_mb: float = 32, license: str = "other",
+                 card_notes: str = ""):
+        super().__init__()
+        self.out_dir = out_dir
+        self.builder = builder
+        self.dataset = dataset
+        self.args = args
+        self.num_shards = num_shards
+        self.target_bytes = int(shard_size_mb * 1024 * 1024)
+        self.row_group_bytes = int(row_group_mb * 1024 * 1024)
+        self.license = license
+        self.card_notes = card_notes
+
+    def expand(self, pcolls):
+        records, rejects, stats = pcolls["records"], pcolls["rejects"], pcolls["stats"]
+        data_dir = fs.join(self.out_dir, "data")
+        rejects_dir = fs.join(self.out_dir, "rejects")
+        grouped = _sharded(records, lambda r: r["id"], record_size, lambda r: r["split"],
+                           self.num_shards, self.target_bytes, "Data")
+        written = grouped | "WriteData" >> beam.ParDo(
+            _WriteShard(data_dir, "data", self.row_group_bytes)).with_outputs(_WriteShard.DUPES, main="shards")
+        all_rejects = (rejects, written[_WriteShard.DUPES]) | "AllRejects" >> beam.Flatten()
+        reject_groups = _sharded(all_rejects, _reject_key, lambda r: 1, lambda r: "rejects",
+                                 None, REJECTS_PER_SHARD, "Rej")
+        reject_files = reject_groups | "WriteRejects" >> beam.ParDo(
+            _WriteShard(rejects_dir, "rejects", self.row_group_bytes))
+        reasons = (all_rejects | "ReasonKey" >> beam.Map(lambda r: (f"{r['stage']}/{r['reason']}", 1))
+                   | "ReasonSum" >> beam.CombinePerKey(sum))
+        stat_sums = stats | "StatSum" >> beam.CombinePerKey(sum)
+        return (
+            records.pipeline
+            | "FinalizeStart" >> beam.Create([None])
+            | "Finalize" >> beam.Map(
+                self._finalize,
+                shards=beam.pvalue.AsList(written["shards"]),
+                reject_files=beam.pvalue.AsList(reject_files),
+                reasons=beam.pvalue.AsList(reasons),
+                stats=beam.pvalue.AsList(stat_sums))
+        )
+
+    def _finalize(self, _, shards, reject_files, reasons, stats):
+        shards = sorted(shards, key=lambda s: s["file"])
+        reject_files = sorted(reject_files, key=lambda s: s["file"])
+        _remove_stale(self.out_dir, "data", {s["file"] for s in shards})
+        _remove_stale(self.out_dir, "rejects", {s["file"] for s in reject_files})
+        info = self._info(shards, reject_files, dict(reasons), dict(stats))
+        fs.write_bytes(fs.join(self.out_dir, "README.md"), dataset_card(info, self.license, self.card_notes).encode())
+        fs.write_bytes(fs.join(self.out_dir, INFO_FILE), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        return info
+
+    def _info(self, shards, reject_files, reasons, stats):
+        splits: dict[str, dict] = {}
+        for s in shards:
+            entry = splits.setdefault(s["split"], {"rows": 0, "shards": 0, "tasks": {}})
+            entry["rows"] += s["rows"]
+            entry["shards"] += 1
+            for task, n in s["tasks"].items():
+                entry["tasks"][task] = entry["tasks"].get(task, 0) + n
+        return {
+            "builder": self.builder, "builder_version": BUILDER_VERSION, "dataset": self.dataset,
+            "splits": splits,
+            "rows": sum(s["rows"] for s in shards),
+            "shards": [{k: s[k] for k in ("file", "split", "rows", "sha256", "bytes")} for s in shards],
+            "rejects": {"rows": sum(s["rows"] for s in reject_files), "by_reason": dict(sorted(reasons.items())),
+                        "files": [{k: s[k] for k in ("file", "rows", "sha256", "bytes")} for s in reject_files]},
+            "stats": dict(sorted(stats.items())),
+            "schema": {"record": "schemas/record.schema.json", "columns": record_arrow_schema().names},
+            "args": self.args,
+            "versions": versions(),
+        }
+
+
+def versions() -> dict:
+    import pyarrow
+
+    return {"groundforge": BUILDER_VERSION, "apache_beam": beam.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version()}
+
+
+def _remove_stale(out_dir: str, sub: str, keep: set[str]) -> None:
+    directory = fs.join(out_dir, sub)
+    stale = [p for p in fs.match(fs.join(directory, "*.parquet")) + fs.match(fs.join(directory, ".tmp-*"))
+             if f"{sub}/{_basename(p)}" not in keep]
+    fs.delete(stale)
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def start_output(out_dir: str) -> None:
+    """Mark the output incomplete until this run's finalize writes dataset_info.json again."""
+    info = fs.join(out_dir, INFO_FILE)
+    if fs.exists(info):
+        fs.delete([info])
+
+
+def dataset_card(info: dict, license: str, notes: str = "") -> str:
+    splits = sorted(info["splits"])
+    configs = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in splits)
+    rows = "\n".join(f"| {s} | {info['splits'][s]['rows']} | "
+                     + ", ".join(f"{t}: {n}" for t, n in sorted(info['splits'][s]['tasks'].items())) + " |"
+                     for s in splits)
+    reasons = "\n".join(f"| {r} | {n} |" for r, n in info["rejects"]["by_reason"].items()) or "| (none) | 0 |"
+    return f"""---
+license: {license}
+task_categories:
+- image-text-to-text
+- object-detection
+tags:
+- grounding
+- groundforge
+configs:
+- config_name: default
+  data_files:
+{configs}
+---
+
+# {info['dataset']} (groundforge {info['builder']} builder {info['builder_version']})
+
+Built by groundforge. One row = one training sample: `prompt`/`target` are a rendering of the canonical
+pixel xyxy boxes in `objects` for one model format; `groundforge render` re-renders them for another.
+
+```python
+from datasets import load_dataset
+ds = load_dataset("parquet", data_dir="data")
+```
+
+| split | rows | tasks |
+| --- | --- | --- |
+{rows}
+
+Rejected inputs: {info['rejects']['rows']} rows under `rejects/`.
+
+| stage/reason | rows |
+| --- | --- |
+{reasons}
+
+{notes}
+"""

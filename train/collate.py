@@ -1,0 +1,40 @@
+"""Batch records for Florence-2: processor for images and prompts, tokenizer for targets."""
+from __future__ import annotations
+
+IGNORE_INDEX = -100
+
+
+class Florence2Collator:
+    """records (dicts with image, prompt, target) -> model inputs.
+
+    Labels are the tokenized target (`<s> ... </s>`, as Florence-2 generates after its `</s>` decoder
+    start token), with padding set to -100 so it is ignored by the loss. Targets longer than
+    `max_target_length` tokens are truncated. `with_labels=False` batches prompts only (generation).
+    """
+
+    def __init__(self, processor, max_target_length: int = 1024, with_labels: bool = True,
+                 keep_records: bool = False):
+        self.processor = processor
+        self.max_target_length = max_target_length
+        self.with_labels = with_labels
+        self.keep_records = keep_records
+
+    def __call__(self, samples: list[dict]) -> dict:
+        inputs = self.processor(text=[s["prompt"] for s in samples], images=[s["image"] for s in samples],
+                                padding="longest", return_tensors="pt")
+        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+        if self.with_labels:
+            inputs["labels"] = self.labels([s["target"] for s in samples])
+        batch = {"inputs": inputs, "ids": [s["id"] for s in samples]}
+        if "_slot" in samples[-1]:
+            batch["slot"] = samples[-1]["_slot"]
+            batch["pos"] = samples[-1]["_pos"]
+        if self.keep_records:
+            batch["records"] = samples
+        return batch
+
+    def labels(self, targets: list[str]):
+        tok = self.processor.tokenizer(targets, padding="longest", truncation=True,
+                                       max_length=self.max_target_length, return_tensors="pt",
+                                       return_token_type_ids=False)
+        return tok["input_ids"].masked_fill(tok["attention_mask"] == 0, IGNORE_INDEX)

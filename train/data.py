@@ -1,0 +1,379 @@
+"""Shard reader: a torch IterableDataset over Parquet record shards (local or any fsspec URL).
+
+The unit of work is one row group of one shard file. Units are dealt to "slots" (one slot per DataLoader
+worker per DDP rank) once, greedily by row count, so every row belongs to exactly one slot. Each slot
+walks its units in an order shuffled per epoch and passes rows through a seeded shuffle buffer.
+
+The stream is first computed as references (unit, row) from Parquet metadata alone; rows are read only
+when a reference leaves the shuffle buffer, a row group at a time, and image bytes are decoded then, in the
+worker. Because references cost nothing to compute, resuming at position N of a slot replays N references
+without reading any data and continues with exactly the rows an uninterrupted run would have produced.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ("id", "task", "format", "prompt", "target", "image", "width", "height")
+EVAL_COLUMNS = TRAIN_COLUMNS + ("dataset", "split", "objects", "caption", "meta")
+DEFAULT_SOURCE = "default"
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one shard file."""
+
+    source: str
+    file: str
+    row_group: int
+    rows: int
+
+
+# ---------------------------------------------------------------- shard specs and discovery
+
+def parse_shard_spec(spec: str) -> tuple[str, str]:
+    """`NAME=GLOB` -> (NAME, GLOB); a bare GLOB -> ('default', GLOB).
+
+    The part before the first `=` is a name only if it looks like one (no `/` or `:`), so hive-style
+    paths such as `gs://b/lang=en/*.parquet` stay globs.
+    """
+    head, sep, tail = spec.partition("=")
+    if sep and _NAME.match(head) and tail:
+        return head, tail
+    return DEFAULT_SOURCE, spec
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`refcoco=0.5,counting=0.5` -> {'refcoco': 0.5, 'counting': 0.5}."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not _NAME.match(name.strip()):
+            raise ValueError(f"--mix expects NAME=WEIGHT[,NAME=WEIGHT...], got {part!r}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"--mix weight for {name!r} is not a number: {value!r}") from None
+        if not w > 0:
+            raise ValueError(f"--mix weight for {name!r} must be > 0, got {value}")
+        if name.strip() in weights:
+            raise ValueError(f"--mix names {name.strip()!r} twice")
+        weights[name.strip()] = w
+    if not weights:
+        raise ValueError("--mix is empty")
+    return weights
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Parquet files for a glob, a file, a directory, or a dataset output dir (its `data/` folder)."""
+    fs, path = _fs(pattern)
+    if not any(c in path for c in _GLOB_CHARS):
+        if fs.isdir(path):
+            sub = posixpath.join(path, "data")
+            path = posixpath.join(sub if fs.isdir(sub) else path, "*.parquet")
+        elif fs.isfile(path):
+            return [_unstrip(fs, pattern, path)]
+        else:
+            return []
+    found = [p for p in fs.glob(path) if not posixpath.basename(p).startswith((".", "_"))]
+    return sorted(_unstrip(fs, pattern, p) for p in found if fs.isfile(p))
+
+
+def _unstrip(fs, original: str, path: str) -> str:
+    return fs.unstrip_protocol(path) if _is_remote(original) else path
+
+
+def discover(specs: Sequence[str]) -> dict[str, list[str]]:
+    """--shards values -> {source name: sorted file list}. Fails at once on a pattern matching nothing."""
+    sources: dict[str, list[str]] = {}
+    for spec in specs:
+        name, pattern = parse_shard_spec(spec)
+        files = expand_pattern(pattern)
+        if not files:
+            raise FileNotFoundError(f"--shards {spec!r}: no Parquet files match {pattern!r}")
+        sources.setdefault(name, [])
+        sources[name] = sorted(set(sources[name]) | set(files))
+    return sources
+
+
+def open_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    if _is_remote(path):
+        import fsspec
+
+        return pq.ParquetFile(fsspec.open(path, "rb").open())
+    return pq.ParquetFile(path)
+
+
+def list_units(sources: dict[str, list[str]]) -> dict[str, list[Unit]]:
+    """Row groups of every file, from Parquet footers only (read in parallel for remote stores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer(item):
+        name, path = item
+        pf = open_parquet(path)
+        md = pf.metadata
+        return [Unit(name, path, rg, md.row_group(rg).num_rows) for rg in range(md.num_row_groups)]
+
+    items = [(name, path) for name, files in sources.items() for path in files]
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
+        groups = list(pool.map(footer, items))
+    out: dict[str, list[Unit]] = {name: [] for name in sources}
+    for units in groups:
+        for u in units:
+            if u.rows:
+                out[u.source].append(u)
+    return out
+
+
+def assign_units(units: Sequence[Unit], n_slots: int) -> list[list[Unit]]:
+    """Deal units to slots, each to the slot with the fewest rows so far (ties: lowest slot).
+
+    Deterministic, and every unit goes to exactly one slot.
+    """
+    slots: list[list[Unit]] = [[] for _ in range(n_slots)]
+    totals = [0] * n_slots
+    for u in sorted(units, key=lambda u: (u.file, u.row_group)):
+        i = min(range(n_slots), key=lambda s: (totals[s], s))
+        slots[i].append(u)
+        totals[i] += u.rows
+    return slots
+
+
+# ---------------------------------------------------------------- reference streams
+
+Ref = tuple  # (source, Unit, row index, last: bool) -- last: no other row of this unit is still pending
+
+
+def unit_refs(units: Sequence[Unit], rng_key: str, epochs: int | None, buffer: int,
+              shuffle: bool) -> Iterator[Ref]:
+    """References for one slot of one source, epoch after epoch (forever when `epochs` is None)."""
+    if not units:
+        return
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        rng = random.Random(f"{rng_key}/epoch={epoch}")
+        order = list(units)
+        if shuffle:
+            rng.shuffle(order)
+        pending: dict[Unit, int] = {}
+        buf: list[tuple[Unit, int]] = []
+        size = max(1, buffer) if shuffle else 1
+        for u in order:
+            pending[u] = u.rows
+            for r in range(u.rows):
+                buf.append((u, r))
+                if len(buf) >= size:
+                    yield _pop(buf, rng, pending, shuffle)
+        while buf:
+            yield _pop(buf, rng, pending, shuffle)
+        epoch += 1
+
+
+def _pop(buf: list, rng: random.Random, pending: dict, shuffle: bool) -> Ref:
+    if shuffle and len(buf) > 1:
+        i = rng.randrange(len(buf))
+        buf[i], buf[-1] = buf[-1], buf[i]
+    u, r = buf.pop()
+    pending[u] -= 1
+    last = pending[u] == 0
+    if last:
+        del pending[u]
+    return (u.source, u, r, last)
+
+
+def mixed_refs(streams: dict[str, Iterator[Ref]], weights: dict[str, float] | None,
+               rng_key: str) -> Iterator[Ref]:
+    """Interleave source streams: weighted random choice per sample, or plain concatenation."""
+    if weights is None:
+        for name in streams:
+            yield from streams[name]
+        return
+    rng = random.Random(f"{rng_key}/mix")
+    active = [n for n in streams]
+    while active:
+        name = rng.choices(active, weights=[weights[n] for n in active])[0]
+        try:
+            yield next(streams[name])
+        except StopIteration:
+            active.remove(name)
+
+
+# ---------------------------------------------------------------- the dataset
+
+class _ShardStream:
+    """torch IterableDataset of decoded records (use `ShardStream`, which adds the torch base class).
+
+    sources: {name: [Unit]}; weights: {name: weight} to mix sources (None: one pool, each row once per
+    epoch); epochs: None streams forever (training), an int stops (evaluation, tests);
+    start: {slot: position} to resume; worker_offset rotates which DataLoader worker plays which slot,
+    so the resumed loader hands out batches in the same worker order as the interrupted one.
+    Each yielded dict has the requested columns (image as an RGB PIL image) plus `_slot` and `_pos`
+    (references consumed by that slot so far, the value to resume from).
+    """
+
+    def __init__(self, sources: dict[str, list[Unit]], *, weights: dict[str, float] | None = None,
+                 seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 1000, epochs: int | None = None,
+                 rank: int = 0, world_size: int = 1, columns: Sequence[str] = TRAIN_COLUMNS,
+                 image_root: str | None = None, start: dict[int, int] | None = None,
+                 worker_offset: int = 0, decode_images: bool = True):
+        if weights is not None:
+            missing = set(weights) ^ set(sources)
+            if missing:
+                raise ValueError(f"--mix and --shards name different sources: {sorted(missing)}")
+        self.sources = sources
+        self.weights = weights
+        self.seed = seed
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.epochs = epochs
+        self.rank = rank
+        self.world_size = world_size
+        self.columns = tuple(columns)
+        self.image_root = image_root
+        self.start = {int(k): int(v) for k, v in (start or {}).items()}
+        self.worker_offset = worker_offset
+        self.decode_images = decode_images
+        self.skipped: dict[str, int] = {}
+
+    # slot bookkeeping -------------------------------------------------------
+    def slot_for(self, worker_id: int, num_workers: int) -> int:
+        return self.rank * num_workers + (worker_id + self.worker_offset) % num_workers
+
+    def _worker(self) -> tuple[int, int]:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
+    def refs(self, slot: int, n_slots: int) -> Iterator[Ref]:
+        """References of one slot, from position 0."""
+        streams = {}
+        for name in sorted(self.sources):
+            mine = assign_units(self.sources[name], n_slots)[slot]
+            key = f"{self.seed}/{name}/{slot}/{n_slots}"
+            streams[name] = unit_refs(mine, key, self.epochs, self.shuffle_buffer, self.shuffle)
+        return mixed_refs(streams, self.weights, f"{self.seed}/{slot}/{n_slots}")
+
+    def __iter__(self):
+        worker_id, num_workers = self._worker()
+        n_slots = self.world_size * num_workers
+        slot = self.slot_for(worker_id, num_workers)
+        return self.iter_slot(slot, n_slots)
+
+    def iter_slot(self, slot: int, n_slots: int) -> Iterator[dict]:
+        pos = self.start.get(slot, 0)
+        refs = self.refs(slot, n_slots)
+        cache: dict[tuple[str, int], list] = {}
+        for i, ref in enumerate(refs):
+            if i < pos:
+                continue  # replaying a resumed stream: references only, nothing is read
+            row = self._take(ref, cache)
+            sample = self._sample(row, ref[1])
+            if sample is None:
+                continue
+            sample["_slot"] = slot
+            sample["_pos"] = i + 1
+            yield sample
+
+    # reading ------------------------------------------------------------------
+    def _take(self, ref: Ref, cache: dict) -> dict:
+        _source, unit, r, last = ref
+        key = (unit.file, unit.row_group)
+        rows = cache.get(key)
+        if rows is None:
+            pf = open_parquet(unit.file)
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in self.columns if c in names]
+            rows = pf.read_row_group(unit.row_group, columns=cols).to_pylist()
+            cache[key] = rows
+        row, rows[r] = rows[r], None
+        if last:
+            del cache[key]
+        return row
+
+    def _sample(self, row: dict, unit: Unit) -> dict | None:
+        if row.get("format") not in (None, "florence2"):
+            raise ValueError(f"{unit.file}: record {row.get('id')} is rendered for format {row['format']!r}; "
+                             f"Florence-2 training needs `groundforge render --format florence2` shards")
+        if not self.decode_images or "image" not in row:
+            return row
+        try:
+            row["image"] = load_image(row["image"], unit.file, self.image_root)
+        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, it does not stop training
+            reason = type(exc).__name__
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            log.warning("skipping record %s from %s: image unreadable (%s)", row.get("id"), unit.file, exc)
+            return None
+        return row
+
+
+def load_image(image: dict, shard_file: str, image_root: str | None = None):
+    """PIL RGB image from the record's {bytes, path}; a bare path resolves inside `image_root`
+    (or the shard's directory) and may not escape it."""
+    from PIL import Image
+
+    data = image.get("bytes")
+    if not data:
+        path = image.get("path")
+        if not path:
+            raise ValueError("image has neither bytes nor path")
+        data = _read_under(image_root or _dirname(shard_file), path)
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def _dirname(path: str) -> str:
+    return posixpath.dirname(path) if _is_remote(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _read_under(root: str, name: str) -> bytes:
+    from transforms.paths import safe_join
+
+    full = safe_join(root, name)
+    if _is_remote(full):
+        import fsspec
+
+        with fsspec.open(full, "rb") as f:
+            return f.read()
+    with open(full, "rb") as f:
+        return f.read()
+
+
+def total_rows(sources: dict[str, list[Unit]]) -> int:
+    return sum(u.rows for units in sources.values() for u in units)
+
+
+def __getattr__(name: str):
+    """`ShardStream` subclasses torch's IterableDataset; it is built on first use so that importing this
+    module does not import torch. It keeps its module-level name, so it pickles for spawned workers."""
+    if name == "ShardStream":
+        from torch.utils.data import IterableDataset
+
+        cls = type("ShardStream", (_ShardStream, IterableDataset), {"__module__": __name__})
+        globals()["ShardStream"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""Stable record keys and the canonical record dict (one Parquet row)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable
+
+BUILDER_VERSION = "0.1.0"
+
+
+def record_id(*parts: object) -> str:
+    """Stable key from dataset, source ids, task and variant (never Python's salted hash())."""
+    text = "\x1f".join(str(p) for p in parts)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def bucket(key: str, n: int) -> int:
+    """Shard index of a key: the same key always lands in the same shard for the same n."""
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) % n
+
+
+def make_object(label: str, bbox: Iterable[float], score: float = 1.0, span: Iterable[int] = ()) -> dict:
+    return {"label": label, "bbox": [float(v) for v in bbox], "score": float(score), "span": [int(s) for s in span]}
+
+
+def dumps_meta(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def make_record(*, id: str, dataset: str, split: str, task: str, image: dict, image_id: str, width: int,
+                height: int, image_sha256: str, objects: list, caption: str | None, meta: dict,
+                format: str = "", prompt: str = "", target: str = "") -> dict:
+    """A record before rendering (`format`, `prompt` and `target` are filled by templates.render_record)."""
+    return {
+        "id": id, "dataset": dataset, "split": split, "task": task, "format": format, "prompt": prompt,
+        "target": target, "image": image, "image_id": str(image_id), "width": int(width), "height": int(height),
+        "image_sha256": image_sha256, "objects": objects, "caption": caption, "meta": dumps_meta(meta),
+    }
+
+
+def rendered(record: dict, fmt: str, seed: int) -> dict:
+    """The record with prompt/target for `fmt`; the template id goes into meta.
+
+    Raises templates.ControlTokenError when a text would inject control tokens.
+    """
+    from transforms.templates import render_record
+
+    out = render_record(record, fmt, seed)
+    meta = json.loads(record["meta"])
+    meta["template"] = out.template_id
+    return {**record, "format": fmt, "prompt": out.prompt, "target": out.target, "meta": dumps_meta(meta)}
+
+
+def reject(source: str, stage: str, reason: str, detail: str = "") -> dict:
+    return {"source": str(source), "stage": stage, "reason": reason, "detail": str(detail)[:2000]}
