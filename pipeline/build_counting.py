@@ -4,6 +4,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline.readers.refer import canonical_image_id
 from pipeline.readers.coco import REJECTS, STATS, ExpandCoco, load_image
 from pipeline.writer import WriteDataset, start_output
 from transforms.counting import Categories, count_image, counting_records
@@ -33,7 +34,7 @@ class CountingFn(beam.DoFn):
         image_id = str(entry["id"])
         yield beam.pvalue.TaggedOutput(STATS, ("images_read", 1))
         self.images_read.inc()
-        if image_id in self.exclude:
+        if canonical_image_id(entry["id"]) in self.exclude:
             yield beam.pvalue.TaggedOutput(STATS, ("excluded_holdout_images", 1))
             return
         source = f"image:{image_id}:{entry['file_name']}"

@@ -46,11 +46,10 @@ def output_options(fn):
 
 
 def read_id_file(path: str | None) -> frozenset:
-    """One id per line; blank lines and '#' comments ignored."""
-    if not path:
-        return frozenset()
-    with open(path, encoding="utf-8") as f:
-        return frozenset(line.split("#", 1)[0].strip() for line in f if line.split("#", 1)[0].strip())
+    """Ids from an --exclude-images file (one per line, '#' comments; numeric ids lose leading zeros)."""
+    from pipeline.readers.refer import read_exclude_images
+
+    return read_exclude_images(path) if path else frozenset()
 
 
 def run_builder(fn, out: str, beam_args: list[str], **kwargs) -> None:
@@ -131,3 +130,6 @@ def _register() -> None:
 
 
 _register()
+
+if __name__ == "__main__":
+    main()

@@ -19,12 +19,26 @@ def pipeline_options(beam_args: list[str] | tuple[str, ...] = ()):
     if not std.runner:
         std.runner = "DirectRunner"
     if std.runner in ("DirectRunner", "BundleBasedDirectRunner", "FnApiRunner"):
+        quiet_local_workers(opts, args)
         direct = opts.view_as(DirectOptions)
         if not _given(args, "direct_running_mode"):
             direct.direct_running_mode = "multi_processing"
             if not _given(args, "direct_num_workers"):
                 direct.direct_num_workers = os.cpu_count() or 1
     return opts
+
+
+def quiet_local_workers(opts, args: list[str]) -> None:
+    """Local worker processes log every harness start at INFO/WARN; keep the terminal for the summary."""
+    import logging
+
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    if not _given(args, "default_sdk_harness_log_level"):
+        opts.view_as(WorkerOptions).default_sdk_harness_log_level = "ERROR"
+    for name in ("apache_beam.runners.portability.local_job_service", "apache_beam.options.pipeline_options",
+                 "apache_beam.runners.portability.fn_api_runner", "apache_beam.runners.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _given(args: list[str], name: str) -> bool:

@@ -148,15 +148,18 @@ def list_units(sources: dict[str, list[str]]) -> dict[str, list[Unit]]:
     return out
 
 
-def assign_units(units: Sequence[Unit], n_slots: int) -> list[list[Unit]]:
-    """Deal units to slots, each to the slot with the fewest rows so far (ties: lowest slot).
+def assign_units(units: Sequence[Unit], n_slots: int, ranks: int = 1) -> list[list[Unit]]:
+    """Deal units to slots, each to the slot with the fewest rows so far.
 
+    Slot s is worker s % W of rank s // W (W = n_slots // ranks). Ties go to the lowest worker index,
+    then the lowest rank, so every rank gets a unit as soon as there are as many units as ranks.
     Deterministic, and every unit goes to exactly one slot.
     """
+    per_rank = max(1, n_slots // max(1, ranks))
     slots: list[list[Unit]] = [[] for _ in range(n_slots)]
     totals = [0] * n_slots
     for u in sorted(units, key=lambda u: (u.file, u.row_group)):
-        i = min(range(n_slots), key=lambda s: (totals[s], s))
+        i = min(range(n_slots), key=lambda s: (totals[s], s % per_rank, s // per_rank))
         slots[i].append(u)
         totals[i] += u.rows
     return slots
@@ -272,7 +275,7 @@ class _ShardStream:
         """References of one slot, from position 0."""
         streams = {}
         for name in sorted(self.sources):
-            mine = assign_units(self.sources[name], n_slots)[slot]
+            mine = assign_units(self.sources[name], n_slots, self.world_size)[slot]
             key = f"{self.seed}/{name}/{slot}/{n_slots}"
             streams[name] = unit_refs(mine, key, self.epochs, self.shuffle_buffer, self.shuffle)
         return mixed_refs(streams, self.weights, f"{self.seed}/{slot}/{n_slots}")

@@ -269,7 +269,7 @@ class PaliGemmaCodec(Codec):
         w, h = _size(w, h)
         y1, x1, y2, x2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
         t = self.top
-        return [x1 / t * w, y1 / t * h, x2 / t * w, y2 / t * h]
+        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
 
     def bin_size(self, w, h):
         return w / self.top, h / self.top
@@ -316,7 +316,7 @@ class Qwen2VLCodec(Codec):
         w, h = _size(w, h)
         x1, y1, x2, y2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
         t = self.top
-        return [x1 / t * w, y1 / t * h, x2 / t * w, y2 / t * h]
+        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
 
     def bin_size(self, w, h):
         return w / self.top, h / self.top
@@ -387,7 +387,7 @@ class Qwen25VLCodec(Codec):
         x1, y1, x2, y2 = _ints(q, 4)
         x1, x2 = _clamp(x1, 0, rw), _clamp(x2, 0, rw)
         y1, y2 = _clamp(y1, 0, rh), _clamp(y2, 0, rh)
-        return [x1 / rw * w, y1 / rh * h, x2 / rw * w, y2 / rh * h]
+        return [x1 * w / rw, y1 * h / rh, x2 * w / rw, y2 * h / rh]
 
     def bin_size(self, w, h):
         rw, rh = self.resized(w, h)
@@ -410,6 +410,10 @@ class Qwen25VLCodec(Codec):
         return json.dumps(self.entries(items, w, h), ensure_ascii=False)
 
     def decode(self, text, w, h):
+        try:
+            self.resized(w, h)
+        except ValueError:  # an aspect ratio Qwen2.5-VL cannot take: nothing to decode
+            return []
         text = _EOS_RE.sub("", text or "")
         fenced = self._FENCE_RE.search(text)
         body = fenced.group(1) if fenced else text
@@ -423,24 +427,28 @@ class Qwen25VLCodec(Codec):
                 except ValueError:
                     continue
         out: Decoded = []
-        for entry in _bbox_entries(found):
+        for label, raw in _bbox_entries(found):
             try:
-                q = [round(float(v)) for v in entry["bbox_2d"]]
-                box = self.dequantize(q, w, h)
+                box = self.dequantize([round(float(v)) for v in raw], w, h)
             except (TypeError, ValueError, OverflowError):
                 continue
-            label = entry.get("label", "")
             out.append((_clean_label(label) if isinstance(label, str) else str(label), box))
         return out
 
 
-def _bbox_entries(value) -> list[dict]:
-    """Every dict with a 4-element `bbox_2d`, depth first, in document order."""
+def _is_box(value) -> bool:
+    return (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def _bbox_entries(value) -> list[tuple[object, list]]:
+    """(label, box) of every dict with a 4-number `bbox_2d` (and of bare 4-number lists), in document order."""
     if isinstance(value, dict):
-        box = value.get("bbox_2d")
-        if isinstance(box, list) and len(box) == 4:
-            return [value]
+        if _is_box(value.get("bbox_2d")):
+            return [(value.get("label", ""), value["bbox_2d"])]
         return [e for v in value.values() for e in _bbox_entries(v)]
+    if _is_box(value):
+        return [("", value)]
     if isinstance(value, list):
         return [e for v in value for e in _bbox_entries(v)]
     return []
@@ -467,7 +475,7 @@ class ShikraCodec(Codec):
         w, h = _size(w, h)
         x1, y1, x2, y2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
         t = self.top
-        return [x1 / t * w, y1 / t * h, x2 / t * w, y2 / t * h]
+        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
 
     def bin_size(self, w, h):
         return w / self.top, h / self.top

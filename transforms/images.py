@@ -54,7 +54,8 @@ def prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[by
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError("decompression_bomb", str(exc)) from None
         except Exception as exc:  # PIL raises many types for garbage
-            raise ImageError("undecodable_image", f"{type(exc).__name__}: {exc}") from None
+            raise ImageError("truncated_image" if _looks_truncated(exc) else "undecodable_image",
+                             f"{type(exc).__name__}: {exc}") from None
         width, height = img.size
         if width * height > max_pixels:
             raise ImageError("decompression_bomb", f"{width}x{height} = {width * height} pixels > {max_pixels}")
@@ -88,7 +89,8 @@ def _check_decodes(img, fmt: str) -> None:
 
 def _looks_truncated(exc: Exception) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, (OSError, SyntaxError)) and ("truncated" in text or "broken" in text or "premature" in text)
+    return isinstance(exc, (OSError, SyntaxError)) and any(
+        word in text for word in ("truncated", "broken", "premature", "end of file"))
 
 
 def _transposed(img, fmt: str, orientation: int) -> tuple[bytes, ImageInfo]:

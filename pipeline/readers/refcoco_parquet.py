@@ -314,6 +314,25 @@ def read_refcoco_file(path: str, *, dataset: str, layout: str = "auto", split: s
                                      bbox_format=bbox_format, images_dir=images_dir)
 
 
+def resolve_inputs(pattern: str, layout: str = "auto", split: str | None = None) -> tuple[list[str], str]:
+    """Check a --parquet GLOB before any pipeline runs -> (sorted files, layout).
+
+    Every file must be Parquet/JSON/JSONL; "auto" is resolved from the first file's columns; for the lmms
+    layout every file must name its split unless `split` is given. Raises ReaderError otherwise."""
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ReaderError(f"unknown input layout {layout!r}: expected auto, {' or '.join(LAYOUTS)}")
+    files = input_files(pattern)
+    for path in files:
+        _kind(path)
+    if layout == "auto":
+        layout = detect_file_layout(files[0])
+    if layout == "lmms" and not split:
+        unnamed = [p for p in files if split_from_path(p) is None]
+        if unnamed:
+            raise ReaderError(f"{unnamed[0]}: cannot tell the split from the file name; pass --split")
+    return files, layout
+
+
 def read_refcoco_files(pattern: str, **kwargs) -> Iterator[dict]:
     """`read_refcoco_file` over every file matching a glob, in sorted path order."""
     for path in input_files(pattern):

@@ -109,7 +109,7 @@ def safe_load_pickle(path_or_file: Any) -> Any:
     UTF-8. Corrupt data raises ReaderError.
     """
     if hasattr(path_or_file, "read"):
-        data, name = path_or_file.read(), getattr(path_or_file, "name", "<file>")
+        data, name = path_or_file.read(), getattr(path_or_file, "name", "<pickle data>")
     else:
         name = str(path_or_file)
         with _open(name) as f:
@@ -272,11 +272,20 @@ def _id_sort_key(image_id: str):
     return (0, int(image_id), image_id) if image_id.isdigit() else (1, 0, image_id)
 
 
+def sort_image_ids(image_ids: Iterable[str]) -> list[str]:
+    """Unique ids, numeric ones in numeric order first, then the others in string order."""
+    return sorted(set(image_ids), key=_id_sort_key)
+
+
+def is_holdout(item: dict) -> bool:
+    """A ref item in an evaluation split (anything but `train`)."""
+    return not is_reject(item) and item["split"] != TRAIN_SPLIT
+
+
 def holdout_image_ids(items: Iterable[dict]) -> list[str]:
     """Sorted unique image ids of every item whose split is not `train` (val, testA, testB, test, ...).
     Rejects are ignored. Numeric ids sort numerically."""
-    ids = {item["image_id"] for item in items if not is_reject(item) and item["split"] != TRAIN_SPLIT}
-    return sorted(ids, key=_id_sort_key)
+    return sort_image_ids(item["image_id"] for item in items if is_holdout(item))
 
 
 def holdout_text(image_ids: Iterable[str]) -> str:

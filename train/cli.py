@@ -1,0 +1,124 @@
+"""`groundforge train` and `groundforge eval` (click commands; the lead attaches them to the group).
+
+Only click is imported here: torch, transformers and peft load when a command runs.
+"""
+from __future__ import annotations
+
+import logging
+
+import click
+
+SHARDS_HELP = ("Parquet shards: a glob, a file, a directory or a dataset output dir (its data/ is used); "
+               "local or any fsspec URL (gs://, s3://, hf://). Repeat for several sets. NAME=GLOB names a "
+               "set for --mix.")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.command("train")
+@click.option("--model", required=True, help="Florence-2 hub id or directory, e.g. florence-community/Florence-2-base-ft.")
+@click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
+@click.option("--mix", default=None, help="Sample named shard sets with weights: refcoco=0.5,counting=0.5. "
+              "Without it all shards form one pool and every row is seen once per epoch.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--image-root", default=None, help="Resolve records whose image has only a path under this "
+              "directory (default: the shard's directory).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Passes over the rows (converted to steps); default 1 when --steps is not given.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per device.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 1e-6 full fine-tune, 1e-4 LoRA].")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Warmup steps, or a fraction of all steps when below 1.")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True,
+              help="Decay after warmup.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping (0: off).")
+@click.option("--freeze-vision", is_flag=True, help="requires_grad=False on the vision tower.")
+@click.option("--lora", is_flag=True, help="Train a LoRA adapter on the language model's q/k/v/out/fc1/fc2.")
+@click.option("--lora-r", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Checkpoint every N steps (0: only at the end).")
+@click.option("--keep-checkpoints", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Keep the newest N checkpoints (0: all).")
+@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Evaluate on --eval-shards every N steps and at the end (0: never).")
+@click.option("--eval-shards", multiple=True, help="Shards for --eval-every (same syntax as --shards).")
+@click.option("--eval-max-samples", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--eval-num-beams", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out: weights, "
+              "optimizer, scheduler, RNG and data position.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast dtype (weights stay fp32). auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader workers (read, decode, preprocess).")
+@click.option("--shuffle-buffer", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Rows in each worker's shuffle buffer.")
+@click.option("--max-target-length", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Truncate targets to this many tokens.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Write a metrics.jsonl line every N steps.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code (off: "
+              "only transformers' native Florence-2 is used).")
+def train_command(**kw):
+    """Fine-tune Florence-2 on groundforge shards rendered for `florence2`."""
+    from train.loop import TrainConfig, train
+
+    if kw["steps"] is not None and kw["epochs"] is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
+    if kw["eval_every"] and not kw["eval_shards"]:
+        raise click.UsageError("--eval-every needs --eval-shards")
+    kw["shards"] = list(kw["shards"])
+    kw["eval_shards"] = list(kw["eval_shards"])
+    eval_num_beams = kw.pop("eval_num_beams")
+    _setup_logging()
+    try:
+        summary = train(TrainConfig(**kw, eval_num_beams=eval_num_beams))
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    if "final" in summary:
+        click.echo(f"trained {summary['steps']} steps; model in {summary['final']}")
+
+
+@click.command("eval")
+@click.option("--model", required=True, help="Model directory (full model or LoRA adapter) or hub id.")
+@click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Report JSON; example images go to <out stem>_examples/.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after N records.")
+@click.option("--num-beams", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--image-root", default=None, help="Resolve path-only images under this directory.")
+@click.option("--examples", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Rendered example images per task.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code.")
+def eval_command(**kw):
+    """Generate on shards and score: rec acc@0.5 per split, grounded-caption phrase recall, counting and
+    count_class exact match, reg exact match and token-F1 similarity."""
+    from train.evaluate import EvalConfig, evaluate, summary_line
+
+    kw["shards"] = list(kw["shards"])
+    _setup_logging()
+    try:
+        report = evaluate(EvalConfig(**kw))
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    click.echo(summary_line(report))
+    click.echo(f"report: {kw['out']}")

@@ -1,0 +1,499 @@
+"""Prompt templates and rendering of one canonical record into (prompt, target) for one model format.
+
+Templates are registered per (task, format) with stable ids `task/format/i`. Formats whose model takes
+free-form instructions get several paraphrases, chosen per record from sha256(seed, record id); formats with
+a fixed task token (Florence-2, Kosmos-2, PaliGemma box tasks) get exactly one. `parse_output` reads model
+output back for evaluation; it inverts every target rendered here (boxes within one quantization bin).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from typing import Any, NamedTuple
+
+from transforms.boxes import checked_box
+from transforms.codecs import FORMATS, Codec, find_special_tokens, get_codec
+
+
+class RenderError(ValueError):
+    """A record that cannot be rendered. `reason` is the reject reason (snake_case)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ControlTokenError(RenderError):
+    """Record text (caption, label, class) contains control tokens of some model format."""
+
+    def __init__(self, field: str, tokens: list[str]):
+        super().__init__("control_tokens", f"{field} contains {', '.join(dict.fromkeys(tokens))}")
+        self.field = field
+        self.tokens = tokens
+
+
+class Template(NamedTuple):
+    id: str
+    task: str
+    fmt: str
+    prompt: str  # str.format pattern; fields: expr, phrase, phrases, caption, box, classes, plural
+
+    def render(self, fields: dict) -> str:
+        return self.prompt.format_map(fields)
+
+
+class Rendered(NamedTuple):
+    prompt: str
+    target: str
+    template_id: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# template registry
+
+_FREE = ("qwen2vl", "qwen25vl", "shikra")
+
+_REC = (
+    "Locate {expr} in the image and output its bounding box.",
+    "Find the region described by \"{expr}\" and give its bounding box.",
+    "Where is {expr}? Answer with a bounding box.",
+    "Output the bounding box of \"{expr}\".",
+)
+_PHRASE = (
+    "Find all regions that match \"{phrase}\" and output their bounding boxes.",
+    "Locate all instances of \"{phrase}\" in the image.",
+    "Ground the phrase \"{phrase}\": give the bounding box of each region it refers to.",
+)
+_REG = (
+    "Describe the region {box} in a short phrase.",
+    "What is in the region {box}? Answer with a referring expression.",
+    "Give a short description that singles out the object at {box}.",
+)
+_CAPTION = (
+    "Describe the image in one sentence and ground each object you mention with its bounding box.",
+    "Write a short caption for the image, giving the bounding box of every object it mentions.",
+    "Briefly describe this image and include the coordinates of each mentioned object.",
+)
+_DETECT = (
+    "Detect all instances of the following categories in the image: {classes}.",
+    "Locate every object of these classes and give its bounding box: {classes}.",
+    "Find each object in the image that is one of: {classes}. Output the bounding boxes.",
+)
+_COUNT = (
+    "Count the objects of each class in the image: {classes}. Answer with a JSON object of the non-zero counts.",
+    "How many of each of these are in the image: {classes}? Reply in JSON, leaving out classes that are absent.",
+    "For the classes {classes}, count how many of each appear in the image. Give a JSON object mapping class to count.",
+)
+_COUNT_CLASS = (
+    "How many {plural} are in the image?",
+    "How many {plural} are there in this picture?",
+    "Count the {plural} in the image.",
+    "What is the number of {plural} in this image?",
+)
+_JSON = " Report bbox coordinates in JSON format."
+_QWEN25_CAPTION = (
+    "Describe the image in one sentence, then locate every object you mention. "
+    "Answer in JSON with keys \"caption\" and \"objects\".",
+    "Write a short caption for this image and the bounding boxes of the objects it mentions, "
+    "as JSON with keys \"caption\" and \"objects\".",
+)
+_QWEN25_DETECT = (
+    "Locate every instance that belongs to the following categories: \"{classes}\". "
+    "Report bbox coordinates in JSON format.",
+    "Detect all objects of these classes in the image: {classes}. Output their bbox coordinates in JSON format.",
+)
+
+_FIXED = {
+    ("rec", "florence2"): "<OPEN_VOCABULARY_DETECTION>{expr}",
+    ("rec", "kosmos2"): "<grounding><phrase>{expr}</phrase>",
+    ("rec", "paligemma"): "detect {expr}",
+    ("reg", "florence2"): "<REGION_TO_DESCRIPTION>{box}",
+    ("reg", "kosmos2"): "<grounding><phrase>It</phrase>{box} is",
+    ("reg", "paligemma"): "caption en {box}",
+    ("grounded_caption", "florence2"): "<CAPTION_TO_PHRASE_GROUNDING>{caption}",
+    ("grounded_caption", "kosmos2"): "<grounding>Describe this image in detail:",
+    ("grounded_caption", "paligemma"): "detect {phrases}",
+    ("phrase_grounding", "florence2"): "<CAPTION_TO_PHRASE_GROUNDING>{phrase}",
+    ("phrase_grounding", "kosmos2"): "<grounding><phrase>{phrase}</phrase>",
+    ("phrase_grounding", "paligemma"): "detect {phrase}",
+    ("detection", "florence2"): "<OD>",
+    ("detection", "kosmos2"): "<grounding>Locate the objects in this image:",
+    ("detection", "paligemma"): "detect {classes}",
+}
+
+
+def _paraphrases(task: str, fmt: str) -> tuple[str, ...]:
+    if (task, fmt) in _FIXED:
+        return (_FIXED[task, fmt],)
+    if task in ("counting", "count_class"):
+        base = _COUNT if task == "counting" else _COUNT_CLASS
+        if fmt == "kosmos2":
+            return tuple(f"Question: {p} Answer:" for p in base)
+        if fmt == "paligemma":
+            return tuple(f"answer en {p}" for p in base)
+        return base
+    if fmt == "qwen25vl":
+        return {"rec": tuple(p + _JSON for p in _REC), "phrase_grounding": tuple(p + _JSON for p in _PHRASE),
+                "reg": _REG, "grounded_caption": _QWEN25_CAPTION, "detection": _QWEN25_DETECT}[task]
+    return {"rec": _REC, "phrase_grounding": _PHRASE, "reg": _REG, "grounded_caption": _CAPTION,
+            "detection": _DETECT}[task]
+
+
+TASKS = ("rec", "reg", "grounded_caption", "phrase_grounding", "counting", "count_class", "detection")
+
+REGISTRY: dict[tuple[str, str], tuple[Template, ...]] = {
+    (task, fmt): tuple(Template(f"{task}/{fmt}/{i}", task, fmt, p) for i, p in enumerate(_paraphrases(task, fmt)))
+    for task in TASKS for fmt in FORMATS
+}
+TEMPLATES: dict[str, Template] = {t.id: t for group in REGISTRY.values() for t in group}
+
+
+def templates_for(task: str, fmt: str) -> tuple[Template, ...]:
+    try:
+        return REGISTRY[task, fmt]
+    except KeyError:
+        if fmt not in FORMATS:
+            get_codec(fmt)  # raises the ValueError naming the valid formats
+        raise RenderError("unknown_task", f"{task!r}; valid tasks: {', '.join(TASKS)}") from None
+
+
+def get_template(template_id: str) -> Template:
+    return TEMPLATES[template_id]
+
+
+def choose_template(task: str, fmt: str, key: str, seed: int = 0) -> Template:
+    """Deterministic choice among the paraphrases: sha256 of seed and key (never Python's salted hash())."""
+    group = templates_for(task, fmt)
+    if len(group) == 1:
+        return group[0]
+    digest = hashlib.sha256(f"{seed}\x1f{key}".encode("utf-8")).digest()
+    return group[int.from_bytes(digest[:8], "big") % len(group)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# record access
+
+class _Obj(NamedTuple):
+    label: str
+    box: list[float]
+    span: tuple[int, int] | None
+
+
+class _Ctx(NamedTuple):
+    codec: Codec
+    fmt: str
+    w: int
+    h: int
+    objects: list[_Obj]
+    caption: str
+    meta: dict
+
+
+def _meta(value: Any) -> dict:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        meta = json.loads(value)
+    except (TypeError, ValueError) as err:
+        raise RenderError("bad_meta", f"meta is not JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise RenderError("bad_meta", "meta is not a JSON object")
+    return meta
+
+
+def _objects(raw) -> list[_Obj]:
+    out = []
+    for obj in list(raw if raw is not None else []):
+        span = obj.get("span")
+        span = [int(v) for v in span] if span is not None else []
+        if span and len(span) != 2:
+            raise RenderError("bad_span", f"span {span} is not [start, end]")
+        out.append(_Obj(str(obj.get("label") or ""), list(obj["bbox"]), tuple(span) if span else None))
+    return out
+
+
+def _check_texts(ctx: _Ctx) -> None:
+    fields = [("caption", ctx.caption)] + [(f"objects[{i}].label", o.label) for i, o in enumerate(ctx.objects)]
+    classes = ctx.meta.get("classes")
+    if isinstance(classes, list):
+        fields += [(f"meta.classes[{i}]", str(c)) for i, c in enumerate(classes)]
+    if "class" in ctx.meta:
+        fields.append(("meta.class", str(ctx.meta["class"])))
+    for name, text in fields:
+        tokens = find_special_tokens(text)
+        if tokens:
+            raise ControlTokenError(name, tokens)
+
+
+def _context(record: dict, fmt: str) -> _Ctx:
+    codec = get_codec(fmt)
+    try:
+        w, h = int(record["width"]), int(record["height"])
+    except (KeyError, TypeError, ValueError):
+        raise RenderError("bad_size", f"width/height {record.get('width')!r}x{record.get('height')!r}") from None
+    if w <= 0 or h <= 0:
+        raise RenderError("bad_size", f"{w}x{h}")
+    if fmt == "qwen25vl" and max(w, h) / min(w, h) > 200:
+        raise RenderError("bad_aspect_ratio", f"{w}x{h}: Qwen2.5-VL takes aspect ratios up to 200")
+    objects = [o._replace(box=checked_box(o.box, w, h)) for o in _objects(record.get("objects"))]
+    return _Ctx(codec, fmt, w, h, objects, record.get("caption") or "", _meta(record.get("meta")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# task renderers: ctx -> (prompt fields, target)
+
+def _need_objects(ctx: _Ctx) -> list[list[float]]:
+    if not ctx.objects:
+        raise RenderError("no_objects", "the task needs at least one box")
+    return [o.box for o in ctx.objects]
+
+
+def _expression(ctx: _Ctx) -> str:
+    text = (ctx.caption or (ctx.objects[0].label if ctx.objects else "")).strip()
+    if not text:
+        raise RenderError("missing_text", "no expression (caption) and no label")
+    return text
+
+
+def _grounded_text(ctx: _Ctx, label: str, boxes: list) -> str:
+    """Target for text -> boxes tasks (rec, phrase_grounding)."""
+    if ctx.fmt in ("kosmos2", "shikra"):
+        return ctx.codec.boxes_text(boxes, ctx.w, ctx.h)
+    return ctx.codec.phrase_text(label, boxes, ctx.w, ctx.h)
+
+
+def _rec(ctx: _Ctx):
+    boxes = _need_objects(ctx)
+    expr = _expression(ctx)
+    return {"expr": expr}, _grounded_text(ctx, expr, boxes)
+
+
+def _phrase_grounding(ctx: _Ctx):
+    boxes = _need_objects(ctx)
+    first = ctx.objects[0]
+    if first.span and ctx.caption:
+        phrase = ctx.caption[first.span[0]:first.span[1]].strip()
+    else:
+        phrase = _expression(ctx)
+    if not phrase:
+        raise RenderError("bad_span", f"empty phrase at span {first.span}")
+    return {"phrase": phrase}, _grounded_text(ctx, phrase, boxes)
+
+
+def _reg(ctx: _Ctx):
+    boxes = _need_objects(ctx)
+    expr = _expression(ctx)
+    c = ctx.codec
+    box = c.box_text(boxes[0], ctx.w, ctx.h) if len(boxes) == 1 else c.boxes_text(boxes, ctx.w, ctx.h)
+    return {"box": box}, expr
+
+
+def _phrase_groups(ctx: _Ctx) -> list[tuple[int, int, list]]:
+    """Objects grouped by span (whitespace trimmed), in caption order; overlapping spans are refused."""
+    caption = ctx.caption
+    if not caption.strip():
+        raise RenderError("missing_text", "grounded_caption needs a caption")
+    groups: dict[tuple[int, int], list] = {}
+    for o in ctx.objects:
+        if o.span is None:
+            raise RenderError("bad_span", f"object {o.label!r} has no span in the caption")
+        s, e = o.span
+        if not 0 <= s < e <= len(caption):
+            raise RenderError("bad_span", f"span {[s, e]} outside caption of length {len(caption)}")
+        while s < e and caption[s].isspace():
+            s += 1
+        while e > s and caption[e - 1].isspace():
+            e -= 1
+        if s == e:
+            raise RenderError("bad_span", f"span {list(o.span)} is blank")
+        groups.setdefault((s, e), []).append(o.box)
+    if not groups:
+        raise RenderError("no_objects", "grounded_caption needs at least one grounded phrase")
+    ordered = sorted(groups.items())
+    for (s0, e0), ((s1, e1), _) in zip((k for k, _ in ordered), ordered[1:]):
+        if s1 < e0:
+            raise RenderError("bad_span", f"overlapping spans {[s0, e0]} and {[s1, e1]}")
+    return [(s, e, boxes) for (s, e), boxes in ordered]
+
+
+def _inline(ctx: _Ctx, groups, space_inside: bool = False) -> str:
+    """The caption with each grounded phrase replaced by its phrase_text markup.
+
+    space_inside: Kosmos-2 convention, the blank before a phrase goes inside `<phrase> ...</phrase>`.
+    """
+    caption, c, out, pos = ctx.caption, ctx.codec, [], 0
+    for s, e, boxes in groups:
+        phrase = caption[s:e]
+        if space_inside and s > pos and caption[s - 1] == " ":
+            s, phrase = s - 1, " " + phrase
+        out.append(caption[pos:s])
+        out.append(c.phrase_text(phrase, boxes, ctx.w, ctx.h))
+        pos = e
+    out.append(caption[pos:])
+    return "".join(out)
+
+
+def _grounded_caption(ctx: _Ctx):
+    groups = _phrase_groups(ctx)
+    c, w, h, caption = ctx.codec, ctx.w, ctx.h, ctx.caption
+    phrases = [caption[s:e] for s, e, _ in groups]
+    fields = {"caption": caption, "phrases": " ; ".join(phrases)}
+    if ctx.fmt == "florence2":
+        target = "".join(c.phrase_text(p, boxes, w, h) for p, (_, _, boxes) in zip(phrases, groups))
+    elif ctx.fmt == "paligemma":
+        target = " ; ".join(c.phrase_text(p, boxes, w, h) for p, (_, _, boxes) in zip(phrases, groups))
+    elif ctx.fmt == "qwen25vl":
+        items = [(p, b) for p, (_, _, boxes) in zip(phrases, groups) for b in boxes]
+        target = json.dumps({"caption": caption, "objects": c.entries(items, w, h)}, ensure_ascii=False)
+    else:  # kosmos2, qwen2vl, shikra: markup inline in the caption
+        target = _inline(ctx, groups, space_inside=ctx.fmt == "kosmos2")
+    return fields, target
+
+
+def _classes(ctx: _Ctx) -> list[str]:
+    classes = ctx.meta.get("classes")
+    if classes is None:
+        return list(dict.fromkeys(o.label for o in ctx.objects))
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise RenderError("bad_meta", "meta.classes must be a list of strings")
+    return list(dict.fromkeys(classes))
+
+
+def _detection(ctx: _Ctx):
+    _need_objects(ctx)
+    items = [(o.label, o.box) for o in ctx.objects]
+    sep = " ; " if ctx.fmt == "paligemma" else ", "
+    return {"classes": sep.join(_classes(ctx))}, ctx.codec.objects_text(items, ctx.w, ctx.h)
+
+
+def _counting(ctx: _Ctx):
+    if "classes" not in ctx.meta:
+        raise RenderError("bad_meta", "counting needs meta.classes")
+    classes = _classes(ctx)
+    counts = Counter(o.label for o in ctx.objects)
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise RenderError("unknown_class", f"labels {unknown} not in meta.classes")
+    answer = {c: counts[c] for c in classes if counts[c]}
+    return {"classes": ", ".join(classes)}, json.dumps(answer, ensure_ascii=False)
+
+
+def _count_class(ctx: _Ctx):
+    name = ctx.meta.get("class")
+    if not isinstance(name, str) or not name.strip():
+        raise RenderError("bad_meta", "count_class needs meta.class")
+    count = sum(1 for o in ctx.objects if o.label == name)
+    return {"plural": plural(name)}, str(count)
+
+
+_RENDERERS = {"rec": _rec, "reg": _reg, "grounded_caption": _grounded_caption,
+              "phrase_grounding": _phrase_grounding, "detection": _detection, "counting": _counting,
+              "count_class": _count_class}
+
+
+def render_record(record: dict, fmt: str, seed: int = 0) -> Rendered:
+    """Prompt and target of `record` for model format `fmt`.
+
+    Raises ValueError for an unknown format, ControlTokenError when record text carries control tokens,
+    RenderError (reason attribute) or transforms.boxes.BoxError for records that cannot be rendered.
+    """
+    task = record.get("task")
+    templates_for(task, fmt)  # unknown format / task fail first
+    ctx = _context(record, fmt)
+    _check_texts(ctx)
+    fields, target = _RENDERERS[task](ctx)
+    template = choose_template(task, fmt, str(record.get("id", "")), seed)
+    return Rendered(template.render(fields), target, template.id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plurals for count_class prompts
+
+_IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
+              "goose": "geese", "tooth": "teeth", "foot": "feet", "knife": "knives", "leaf": "leaves",
+              "wife": "wives", "shelf": "shelves", "wolf": "wolves", "calf": "calves", "ox": "oxen",
+              "cactus": "cacti", "bus": "buses"}
+_INVARIANT = {"sheep", "deer", "fish", "broccoli", "aircraft", "series", "species", "moose", "bison", "salmon"}
+
+
+def plural(label: str) -> str:
+    """Plural of an English noun phrase (last word inflected), good enough for dataset class names."""
+    head, _, last = label.strip().rpartition(" ")
+    low = last.lower()
+    if low in _IRREGULAR:
+        word = _IRREGULAR[low]
+        word = word[0].upper() + word[1:] if last[:1].isupper() else word
+    elif low in _INVARIANT or not low[-1:].isalpha():
+        word = last
+    elif low.endswith(("ss", "sh", "ch", "x", "z")):
+        word = last + "es"
+    elif low.endswith("s"):  # already plural: skis, scissors, glasses-like class names
+        word = last
+    elif low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u", ""):
+        word = last[:-1] + "ies"
+    else:
+        word = last + "s"
+    return f"{head} {word}" if head else word
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model output -> predictions
+
+_END_RE = re.compile(r"</?s>|<pad>|<eos>|<bos>|<\|im_end\|>|<\|endoftext\|>")
+_FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*(?:```)?$", re.S)
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
+def _clean(text: str) -> str:
+    return _END_RE.sub("", text or "").strip()
+
+
+def parse_output(task: str, fmt: str, text: str, width: int, height: int, meta=None):
+    """Model output -> predictions for eval.
+
+    rec / phrase_grounding / detection / grounded_caption: [(label, [x1, y1, x2, y2])] in pixels;
+    counting: dict class -> int, or None if the text is not a JSON object of non-negative ints;
+    count_class: int or None; reg: the stripped text.
+    """
+    templates_for(task, fmt)
+    text = _clean(text)
+    if task == "reg":
+        return text
+    if task == "counting":
+        return _parse_counts(text)
+    if task == "count_class":
+        return _parse_int(text)
+    return get_codec(fmt).decode(text, width, height)
+
+
+def _parse_counts(text: str) -> dict | None:
+    m = _FENCE_RE.match(text)
+    try:
+        value = json.loads(m.group(1) if m else text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+        return None
+    return value
+
+
+def _parse_int(text: str) -> int | None:
+    m = re.fullmatch(r"(\d+)\s*\.?", text)
+    if m:
+        return int(m.group(1))
+    m = re.search(r"(?<![\d.])\d+(?![\d.])", text)
+    if m:
+        return int(m.group(0))
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in _NUMBER_WORDS:
+            return _NUMBER_WORDS[word]
+    return None
