@@ -61,8 +61,9 @@ class CountingFn(beam.DoFn):
         for record in records:
             try:
                 yield rendered(record, self.fmt, self.seed)
-            except ValueError as err:  # templates.ControlTokenError: class names that carry control tokens
-                yield self._reject(reject(f"record:{record['id']}", "render", "control_tokens", str(err)))
+            except ValueError as err:  # templates.RenderError (control_tokens, ...) or BoxError, with .reason
+                reason = getattr(err, "reason", "render_error")
+                yield self._reject(reject(f"record:{record['id']}", "render", reason, str(err)))
 
     def _image(self, data: bytes, file_name: str) -> dict:
         if self.image_mode == "path":

@@ -127,6 +127,8 @@ def _register() -> None:
 
     for command in (render_cmd, validate_cmd, preview_cmd):
         main.add_command(command)
+    from pipeline.build_refcoco import refcoco_command
+    build.add_command(refcoco_command())
 
 
 _register()

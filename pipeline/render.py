@@ -25,8 +25,9 @@ class RenderFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("stats", ("records_read", 1))
             try:
                 yield rendered(row, self.fmt, self.seed)
-            except ValueError as err:
-                yield beam.pvalue.TaggedOutput(REJECTS, reject(f"record:{row['id']}", "render", "control_tokens", str(err)))
+            except ValueError as err:  # templates.RenderError (control_tokens, bad_aspect_ratio, ...) or BoxError
+                yield beam.pvalue.TaggedOutput(REJECTS, reject(f"record:{row['id']}", "render",
+                                                               getattr(err, "reason", "render_error"), str(err)))
 
 
 def render_dataset(*, src: str, out: str, fmt: str, seed: int, num_shards, shard_size_mb, options, args) -> None:

@@ -20,38 +20,44 @@ def jpeg(width: int, height: int, colour, box) -> bytes:
     return buf.getvalue()
 
 
-def loc_text(box, width, height) -> str:
-    from transforms.codecs import get_codec
-
-    return get_codec("florence2").box_text(box, width, height)
-
-
 def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str = "train",
                 width: int = 48, height: int = 40, image_bytes: bool = True) -> dict:
-    """A florence2-rendered record whose image shows one coloured rectangle (its `objects` box)."""
+    """A record rendered for florence2 by transforms.templates; its image shows one coloured rectangle
+    (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
+    from transforms.templates import render_record
+
     colour = COLOURS[i % len(COLOURS)]
     x1, y1 = 2 + (i * 5) % 20, 3 + (i * 3) % 15
     box = [float(x1), float(y1), float(x1 + 18), float(y1 + 16)]
     label = f"thing {i}"
+    caption, meta = label, {"builder": "test"}
+    objects = [{"label": label, "bbox": box, "score": 1.0, "span": []}]
+    if task == "count_class":
+        meta["class"] = label
+    elif task == "counting":
+        meta["classes"] = [label, "other"]
+    elif task == "grounded_caption":
+        caption = f"a {label} next to a box"
+        second = [0.0, 0.0, 10.0, 10.0]
+        objects = [{"label": label, "bbox": box, "score": 1.0, "span": [2, 2 + len(label)]},
+                   {"label": "box", "bbox": second, "score": 1.0, "span": [len(caption) - 3, len(caption)]}]
     data = jpeg(width, height, colour, box)
-    locs = loc_text(box, width, height)
-    if task == "rec":
-        prompt, target = f"<OPEN_VOCABULARY_DETECTION>{label}", f"{label}{locs}"
-    elif task == "count_class":
-        prompt, target = f"How many {label} are in the image?", "1"
-    elif task == "reg":
-        prompt, target = f"<REGION_TO_DESCRIPTION>{locs}", label
-    else:
-        raise ValueError(task)
     rid = hashlib.sha256(f"{dataset}/{split}/{task}/{i}".encode()).hexdigest()[:20]
-    return {
+    record = {
         "id": rid, "dataset": dataset, "split": split, "task": task, "format": "florence2",
-        "prompt": prompt, "target": target,
+        "prompt": "", "target": "",
         "image": {"bytes": data if image_bytes else None, "path": None if image_bytes else f"images/{rid}.jpg"},
         "image_id": str(i), "width": width, "height": height, "image_sha256": hashlib.sha256(data).hexdigest(),
-        "objects": [{"label": label, "bbox": box, "score": 1.0, "span": []}],
-        "caption": label, "meta": json.dumps({"builder": "test"}),
+        "objects": objects, "caption": caption, "meta": json.dumps(meta),
     }
+    rendered = render_record(record, "florence2")
+    return {**record, "prompt": rendered.prompt, "target": rendered.target}
+
+
+def image_bytes_of(record: dict) -> bytes:
+    """The JPEG a path-only record refers to (regenerated from its id's index)."""
+    return jpeg(record["width"], record["height"], COLOURS[int(record["image_id"]) % len(COLOURS)],
+                record["objects"][0]["bbox"])
 
 
 def write_shard(path: str, records: list[dict], row_group_size: int | None = None) -> str:

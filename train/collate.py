@@ -9,19 +9,22 @@ class Florence2Collator:
 
     Labels are the tokenized target (`<s> ... </s>`, as Florence-2 generates after its `</s>` decoder
     start token), with padding set to -100 so it is ignored by the loss. Targets longer than
-    `max_target_length` tokens are truncated. `with_labels=False` batches prompts only (generation).
+    `max_target_length` tokens are truncated; so are encoder inputs (image tokens first, then the prompt)
+    longer than `max_source_length`. `with_labels=False` batches prompts only (generation).
     """
 
     def __init__(self, processor, max_target_length: int = 1024, with_labels: bool = True,
-                 keep_records: bool = False):
+                 keep_records: bool = False, max_source_length: int | None = None):
         self.processor = processor
         self.max_target_length = max_target_length
+        self.max_source_length = max_source_length
         self.with_labels = with_labels
         self.keep_records = keep_records
 
     def __call__(self, samples: list[dict]) -> dict:
+        limit = {"truncation": True, "max_length": self.max_source_length} if self.max_source_length else {}
         inputs = self.processor(text=[s["prompt"] for s in samples], images=[s["image"] for s in samples],
-                                padding="longest", return_tensors="pt")
+                                padding="longest", return_tensors="pt", **limit)
         inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
         if self.with_labels:
             inputs["labels"] = self.labels([s["target"] for s in samples])

@@ -216,14 +216,15 @@ def prune_checkpoints(out: str, keep: int) -> None:
 # ---------------------------------------------------------------- metrics log
 
 class MetricsLog:
-    """Append-only JSONL; on resume, lines past the checkpoint's step (from the lost run) are dropped."""
+    """Append-only JSONL. Lines past `start_step` (a lost run's, after the checkpoint resumed from; or all
+    of them on a fresh start) are dropped when it opens."""
 
-    def __init__(self, path: str, enabled: bool, resume_step: int | None = None):
+    def __init__(self, path: str, enabled: bool, start_step: int = 0):
         self.path = path
         self.enabled = enabled
-        if enabled and resume_step is not None and os.path.exists(path):
+        if enabled and os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
             with open(path, "w") as f:
                 f.writelines(kept)
 
@@ -318,10 +319,8 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     """Run training; returns a summary. `on_step(step, info)` is called after every optimizer step with
     info = {"loss", "lr", "ids"} (the record ids of that step, in order) -- used by tests."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from train.collate import Florence2Collator
-    from train.data import ShardStream, total_rows
+    from train.data import total_rows
     from train.model import count_parameters, resolve_amp_dtype, resolve_device
 
     d = init_distributed()
@@ -344,6 +343,9 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     total_steps = plan_steps(cfg, rows, d.world_size)
 
     resume_dir = latest_checkpoint(cfg.out) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(cfg.out):
+        raise ValueError(f"{cfg.out} already holds checkpoints: pass --resume to continue that run, "
+                         f"or choose a new --out")
     if cfg.resume and resume_dir is None:
         log.warning("--resume: no checkpoint in %s, starting from scratch", cfg.out)
     data_now = {"n_slots": n_slots, "num_workers": workers, "world_size": d.world_size,
@@ -386,15 +388,9 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = ShardStream(sources, weights=weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                          rank=d.rank, world_size=d.world_size, image_root=cfg.image_root,
-                          start=position.positions, worker_offset=position.next_worker)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                        collate_fn=Florence2Collator(processor, cfg.max_target_length),
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                        prefetch_factor=4 if cfg.num_workers else None)
+    loader = _make_loader(cfg, sources, weights, processor, _max_positions(model), d, position, device)
     batches = iter(loader)
-    metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, step if resume_dir else None)
+    metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, step)
     do_eval = bool(cfg.eval_every and cfg.eval_shards)
     eval_sources = _eval_sources(cfg) if d.main and do_eval else None
 
@@ -442,16 +438,17 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
                 window["loss"] += loss_sum
                 window["steps"] += 1
                 window["samples"] += len(ids) * d.world_size
-                if on_step is not None:
-                    on_step(step, {"loss": loss_sum, "lr": lr, "ids": ids})
                 if bar is not None:
                     bar.update(1)
                 if step % max(1, cfg.log_every) == 0 or step == total_steps:
-                    record = _log_record(step, window, lr, grad_norm, rows, ids)
+                    record = _log_record(step, window, lr, grad_norm, ids)
+                    record["epoch"] = round(step * cfg.batch_size * cfg.grad_accum * d.world_size / rows, 4)
                     metrics_log.write(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
                     window = {"loss": 0.0, "steps": 0, "samples": 0, "t0": time.time()}
+                if on_step is not None:
+                    on_step(step, {"loss": loss_sum, "lr": lr, "ids": ids})
                 if cfg.save_every and step % cfg.save_every == 0:
                     checkpoint(step)
                     saved_at = step
@@ -480,7 +477,32 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     return summary
 
 
-def _log_record(step: int, window: dict, lr: float, grad_norm, rows: int, ids: list[str]) -> dict:
+def _make_loader(cfg: TrainConfig, sources, weights, processor, max_positions, d: Dist, position, device):
+    """Endless shuffled stream for this rank, starting at the saved position of each of its slots."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from train.collate import Florence2Collator
+    from train.data import ShardStream
+
+    dataset = ShardStream(sources, weights=weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                          rank=d.rank, world_size=d.world_size, image_root=cfg.image_root,
+                          start=position.positions, worker_offset=position.next_worker)
+    target_len = min(cfg.max_target_length, max_positions or cfg.max_target_length)
+    collate = Florence2Collator(processor, target_len, max_source_length=max_positions)
+    return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+                      prefetch_factor=4 if cfg.num_workers else None)
+
+
+def _max_positions(model) -> int | None:
+    """The language model's position limit (encoder and decoder), from the config."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def _log_record(step: int, window: dict, lr: float, grad_norm, ids: list[str]) -> dict:
     elapsed = max(1e-9, time.time() - window["t0"])
     return {"step": step, "loss": window["loss"] / max(1, window["steps"]), "lr": lr,
             "grad_norm": float(grad_norm), "samples_per_s": window["samples"] / elapsed,

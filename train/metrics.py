@@ -47,15 +47,30 @@ def true_boxes(record: dict) -> list[list[float]]:
     return [list(map(float, o["bbox"])) for o in record.get("objects") or []]
 
 
+def _box_of(item) -> list[float]:
+    """parse_output gives (label, box) pairs; a bare box is accepted too."""
+    if len(item) == 2 and isinstance(item[0], str):
+        item = item[1]
+    return [float(v) for v in item]
+
+
 def predicted_boxes(task: str, parsed) -> list[list[float]]:
     """Boxes of a parsed answer (for drawing and box metrics); [] for answers without boxes."""
-    if not parsed:
+    if not parsed or task not in BOX_TASKS + ("grounded_caption",):
         return []
-    if task == "grounded_caption":
-        return [list(map(float, box)) for _phrase, box in parsed]
-    if task in BOX_TASKS:
-        return [list(map(float, box)) for box in parsed]
-    return []
+    return [_box_of(item) for item in parsed]
+
+
+def predicted_phrases(parsed) -> list[tuple[str, list[float]]]:
+    return [(str(item[0]), _box_of(item)) for item in parsed or []]
+
+
+def _phrase_of(obj: dict, caption: str | None) -> str:
+    """The caption text an object grounds (its span), else its label."""
+    span = obj.get("span") or []
+    if caption and len(span) == 2:
+        return caption[span[0]:span[1]].strip()
+    return obj.get("label") or ""
 
 
 def normalize_text(text: str) -> str:
@@ -103,8 +118,9 @@ def score_record(record: dict, generation: str, threshold: float = 0.5) -> dict:
         preds, truths = predicted_boxes(task, parsed), true_boxes(record)
         c.update(true=len(truths), pred=len(preds), matched=match_boxes(preds, truths, threshold))
     elif task == "grounded_caption":
-        preds = list(parsed or [])
-        truths = [(o["label"], list(map(float, o["bbox"]))) for o in record.get("objects") or []]
+        preds = predicted_phrases(parsed)
+        truths = [(_phrase_of(o, record.get("caption")), list(map(float, o["bbox"])))
+                  for o in record.get("objects") or []]
 
         def same(i, j):
             return normalize_text(preds[i][0]) == normalize_text(truths[j][0])

@@ -175,7 +175,8 @@ class _Tokens:
     """Per-token attribute lists of one Doc."""
 
     def __init__(self, doc):
-        self.doc = doc
+        self.strings = doc.vocab.strings
+        self.doc_text = doc.text  # Doc.text joins every token on each access
         self.sym = _symbols(doc.vocab)
         cols = doc.to_array(self.sym["attrs"]).T.tolist()  # uint64: hashes stay positive
         (self.pos, self.dep, rel_head, self.punct, self.space, self.stop, self.idx, self.length,
@@ -231,13 +232,13 @@ class _Tokens:
         return all(self.stop[i] or self.pos[i] in function_pos for i in range(start, end))
 
     def lemma(self, i: int) -> str:
-        return (self.doc.vocab.strings[self.lemmas[i]] or self.text(i, i + 1)).lower()
+        return (self.strings[self.lemmas[i]] or self.text(i, i + 1)).lower()
 
     def end_char(self, end: int) -> int:
         return self.idx[end - 1] + self.length[end - 1]
 
     def text(self, start: int, end: int) -> str:
-        return self.doc.text[self.idx[start]:self.end_char(end)]
+        return self.doc_text[self.idx[start]:self.end_char(end)]
 
     def edges(self, i: int) -> tuple[int, int]:
         if self._edges is None:

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from typing import Any, NamedTuple
 
+from schemas import TASKS
 from transforms.boxes import checked_box
 from transforms.codecs import FORMATS, Codec, find_special_tokens, get_codec
 
@@ -141,8 +142,6 @@ def _paraphrases(task: str, fmt: str) -> tuple[str, ...]:
     return {"rec": _REC, "phrase_grounding": _PHRASE, "reg": _REG, "grounded_caption": _CAPTION,
             "detection": _DETECT}[task]
 
-
-TASKS = ("rec", "reg", "grounded_caption", "phrase_grounding", "counting", "count_class", "detection")
 
 REGISTRY: dict[tuple[str, str], tuple[Template, ...]] = {
     (task, fmt): tuple(Template(f"{task}/{fmt}/{i}", task, fmt, p) for i, p in enumerate(_paraphrases(task, fmt)))
@@ -460,7 +459,8 @@ def parse_output(task: str, fmt: str, text: str, width: int, height: int, meta=N
 
     rec / phrase_grounding / detection / grounded_caption: [(label, [x1, y1, x2, y2])] in pixels;
     counting: dict class -> int, or None if the text is not a JSON object of non-negative ints;
-    count_class: int or None; reg: the stripped text.
+    count_class: int or None; reg: the stripped text. `meta` is accepted for callers that pass the record's
+    meta; no current task needs it.
     """
     templates_for(task, fmt)
     text = _clean(text)

@@ -1,0 +1,397 @@
+"""GPU grounding stage: DetectorHandler / Florence2GroundingHandler through real Beam RunInference.
+
+A tiny random-weight OWLv2 and its processor are built offline (CLIP BPE tokenizer from vocab/merges files
+written here, Owlv2ImageProcessor at 64x64) and loaded through the handler's own from_pretrained path.
+The box head's last layer is zeroed, so every predicted box is exactly OWLv2's patch-grid prior: on a 64x64
+input with 16 px patches, a 4x4 grid of boxes 1/4 of the (padded, square) image wide. That makes pixel
+coordinates checkable without trusting the post-processor: image (w, h) must get the 16 boxes
+[(k+.5)*s, (j+.5)*s, (k+1.5)*s, (j+1.5)*s], k, j in 0..3, with s = max(w, h) / 4 (`grid_boxes`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_BEAM, jpeg_bytes
+
+# Words the tiny tokenizer knows whole; any other lower-case text still tokenizes, char by char.
+WORDS = ("a", "an", "the", "dog", "dogs", "cat", "cats", "two", "red", "couch", "remote", "in", "on", "and",
+         "of", "field", "flowers", "wire", "hanger", "paper", "cover", "person", "man", "woman", "sofa")
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
+
+
+def write_clip_bpe(directory: Path, words=WORDS) -> None:
+    """vocab.json + merges.txt of a tiny CLIP BPE: single chars, `</w>` ends, merges spelling `words`.
+    Like CLIP, pad is "!" (id 0) and <|startoftext|>/<|endoftext|> are the two highest ids (OWL pools the
+    text at the argmax id, i.e. at end-of-text)."""
+    vocab: dict[str, int] = {"!": 0}
+    for c in CHARS:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[str] = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merge = f"{parts[0]} {parts[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
+    """Save a random-weight OWLv2 + processor to `directory` (no download).
+
+    Tiny (default): 2-layer 32-wide towers, 64x64 input, 16 px patches (16 boxes per image), 16-token text.
+    `full=True`: Owlv2Config() defaults, the size of google/owlv2-base-patch16 (960x960 input, 3600 boxes),
+    with the tiny tokenizer (ids stay inside the full 49408-token embedding).
+    """
+    import torch
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    try:
+        from transformers import Owlv2ImageProcessor as ImageProcessor
+        ImageProcessor()  # needs torchvision
+    except ImportError:
+        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil as ImageProcessor
+
+    directory = Path(directory)
+    write_clip_bpe(directory / "tok")
+    vocab = json.loads((directory / "tok" / "vocab.json").read_text())
+    text_len = 16
+    tokenizer = CLIPTokenizer.from_pretrained(directory / "tok", pad_token="!", model_max_length=text_len)
+    if full:
+        config = Owlv2Config()
+        image_processor = ImageProcessor()
+    else:
+        config = Owlv2Config(
+            text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=text_len,
+                             bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                             pad_token_id=0),
+            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=64, patch_size=16),
+            projection_dim=32)
+        image_processor = ImageProcessor(size={"height": 64, "width": 64})
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    with torch.no_grad():  # boxes = the patch-grid prior (see module docstring)
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    out = directory / "owlv2"
+    model.save_pretrained(out)
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def owl_dir(tmp_path_factory):
+    return make_owlv2(tmp_path_factory.mktemp("owlv2"))
+
+
+def grid_boxes(width: int, height: int, cells: int = 4) -> list[list[float]]:
+    """OWLv2's box prior in pixels: centres on the patch grid's corner coordinates (k+1)/cells, boxes
+    1/cells of the padded square side."""
+    s = max(width, height) / cells
+    return [[(k + 0.5) * s, (j + 0.5) * s, (k + 1.5) * s, (j + 1.5) * s]
+            for j in range(cells) for k in range(cells)]
+
+
+def same_boxes(got, want, tol=0.01) -> bool:
+    key = lambda b: tuple(round(v, 1) for v in b)  # noqa: E731
+    got, want = sorted(got, key=key), sorted(want, key=key)
+    return len(got) == len(want) and all(
+        all(abs(a - b) <= tol for a, b in zip(g, w)) for g, w in zip(got, want))
+
+
+def element(i: int, width: int, height: int, texts, **extra) -> dict:
+    return {"id": f"img-{i}", "image": jpeg_bytes(width, height), "width": width, "height": height,
+            "texts": list(texts), **extra}
+
+
+def options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(FAST_BEAM)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# handler options
+
+
+def test_handler_options_and_defaults():
+    from pipeline.detect import DetectorHandler
+
+    h = DetectorHandler("some/model", device="cpu", batch_size=3)
+    assert h.trust_remote_code is False
+    assert h.batch_elements_kwargs() == {"min_batch_size": 3, "max_batch_size": 3}
+    assert h.get_metrics_namespace() == "groundforge_detector"
+    assert h.share_model_across_processes() is False  # CPU: one model per process, no proxy
+    assert DetectorHandler("m", device="cpu", share_across_processes=True).share_model_across_processes() is True
+    assert DetectorHandler("m", device="cpu", trust_remote_code=True).trust_remote_code is True
+    h.update_model_path("/models/other")
+    assert h.model_id == "/models/other"
+    h.update_model_path(None)
+    assert h.model_id == "/models/other"
+    with pytest.raises(ValueError, match="takes no inference_args"):
+        h.validate_inference_args({"threshold": 0.1})
+    for bad in (dict(device="tpu"), dict(dtype="int8"), dict(batch_size=0)):
+        with pytest.raises(ValueError):
+            DetectorHandler("m", **bad)
+
+
+def test_prepare_checks_and_num_bytes():
+    from PIL import Image
+
+    from pipeline.detect import DetectorHandler, GroundingError, prepare
+
+    data = jpeg_bytes(40, 30)
+    p = prepare({"id": "x", "image": {"bytes": data, "path": "x.jpg"}, "width": 40, "height": 30,
+                 "texts": ["a dog"]})
+    assert p.image.size == (40, 30) and p.image.mode == "RGB" and p.texts == ("a dog",)
+    assert DetectorHandler("m", device="cpu").get_num_bytes([p]) == len(data) + len("a dog")
+    pil = prepare({"id": "y", "image": Image.new("L", (5, 7)), "texts": ["cat"]})  # no size given: taken as is
+    assert pil.image.mode == "RGB" and pil.image.size == (5, 7)
+    cases = [
+        ({"image": data, "width": 40, "height": 30, "texts": []}, "no_text_queries"),
+        ({"image": data, "width": 40, "height": 30, "texts": ["dog", "  "]}, "bad_text_query"),
+        ({"image": b"", "texts": ["dog"]}, "empty_image"),
+        ({"image": b"GIF89a broken", "texts": ["dog"]}, "undecodable_image"),
+        ({"image": data[: len(data) // 2], "texts": ["dog"]}, "truncated_image"),
+        ({"image": data, "width": 30, "height": 40, "texts": ["dog"]}, "size_mismatch"),
+        ({"image": None, "texts": ["dog"]}, "no_image"),
+    ]
+    for elem, reason in cases:
+        with pytest.raises(GroundingError) as err:
+            prepare(elem)
+        assert err.value.reason == reason, (elem, err.value)
+    with pytest.raises(GroundingError) as err:
+        prepare({"image": data, "width": 30, "height": 40, "texts": ["dog"]})
+    assert repr(err.value) == "size_mismatch: element says 30x40, image is 40x30"
+    with pytest.raises(GroundingError) as err:
+        prepare({"image": data, "texts": ["dog"], "caption": "a dog <loc_5>"}, need_caption=True)
+    assert (err.value.reason, err.value.detail) == ("control_tokens", "<loc_5>")
+
+
+def test_failed_to_reject_shapes():
+    from pipeline.detect import GroundingError, Prepared, failed_batch_to_rejects, failed_to_reject
+
+    err = GroundingError("size_mismatch", "element says 1x1, image is 2x2")
+    beam_style = (type(err), repr(err), ["Traceback ..."])
+    assert failed_to_reject(({"id": "a"}, beam_style)) == {
+        "source": "a", "stage": "ground", "reason": "size_mismatch", "detail": "element says 1x1, image is 2x2"}
+    assert failed_to_reject(({"id": "a"}, err))["reason"] == "size_mismatch"
+    oom = (RuntimeError, "RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')", [])
+    prepared = [Prepared({"id": "p1"}, None, ("dog",), None, 0), Prepared({"id": "p2"}, None, ("cat",), None, 0)]
+    assert failed_batch_to_rejects((prepared, oom)) == [
+        {"source": s, "stage": "ground", "reason": "out_of_memory",
+         "detail": "RuntimeError: RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')"}
+        for s in ("p1", "p2")]
+    other = failed_to_reject(({"key": "k"}, (KeyError, "KeyError('x')", [])))
+    assert other == {"source": "k", "stage": "ground", "reason": "inference_error", "detail": "KeyError: KeyError('x')"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the real model
+
+
+def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
+    import transformers
+
+    from pipeline.detect import DetectorHandler
+
+    seen = []
+    for cls in (transformers.AutoModelForZeroShotObjectDetection, transformers.AutoProcessor):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            seen.append((klass.__name__, str(args[0]), kwargs.get("trust_remote_code")))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    loaded = DetectorHandler(str(owl_dir), device="auto", dtype="float16").load_model()
+    assert sorted(seen) == [("AutoModelForZeroShotObjectDetection", str(owl_dir), False),
+                            ("AutoProcessor", str(owl_dir), False)]
+    assert loaded.family == "owl" and loaded.device == "cpu"
+    assert str(loaded.dtype) == "torch.float32"  # float16 asked for, float32 forced on CPU
+    assert type(loaded.model).__name__ == "Owlv2ForObjectDetection"
+
+
+def test_detect_boxes_are_pixels_of_each_image_and_padding_queries_never_win(owl_dir):
+    from PIL import Image
+
+    from pipeline.detect import LoadedDetector
+
+    det = LoadedDetector(str(owl_dir), device="cpu")
+    sizes = [(80, 40), (30, 60), (64, 64)]
+    queries = [["a dog", "a red couch", "two cats"], ["a cat"], ["a remote", "a sofa"]]
+    out = det.detect([Image.new("RGB", s, (120, 20, 20)) for s in sizes], queries)
+    assert len(out) == 3
+    for (w, h), qs, (boxes, scores, labels) in zip(sizes, queries, out):
+        assert same_boxes(boxes, grid_boxes(w, h))  # all 16 boxes kept at min_score 0.0
+        assert len(boxes) == len(scores) == len(labels) == 16
+        assert all(0 <= lab < len(qs) for lab in labels)  # batch padded to 3 queries; " " never wins
+        assert all(0.0 <= s <= 1.0 for s in scores)
+    assert set(out[1][2]) == {0}
+
+
+def _check_results(results, expected_sizes):
+    """Matcher for assert_that: everything plain Python, boxes the image's grid, chunks fanned out."""
+    import torch
+
+    assert sorted(r.example["id"] for r in results) == sorted(expected_sizes)
+    for r in results:
+        w, h = expected_sizes[r.example["id"]]
+        assert isinstance(r.inference, list)
+        n_chunks = len(r.example["texts"])
+        by_chunk: dict[int, list] = {}
+        for det in r.inference:
+            assert type(det) is tuple and len(det) == 3
+            chunk, box, score = det
+            assert type(chunk) is int and 0 <= chunk < n_chunks
+            assert type(box) is list and len(box) == 4 and all(type(v) is float for v in box)
+            assert type(score) is float and not isinstance(score, torch.Tensor)
+            by_chunk.setdefault(chunk, []).append((box, score))
+        # duplicate chunk texts (any case) share one query and get the same boxes
+        texts = [t.lower() for t in r.example["texts"]]
+        for i, t in enumerate(texts):
+            first = texts.index(t)
+            assert sorted(by_chunk.get(i, []), key=repr) == sorted(by_chunk.get(first, []), key=repr)
+        all_boxes = [b for dets in by_chunk.values() for b, _ in dets]
+        distinct = {tuple(b) for b in all_boxes}
+        assert same_boxes([list(b) for b in distinct], grid_boxes(w, h))
+        assert r.model_id.endswith("owlv2")
+
+
+def test_runinference_batches_and_hands_off_cpu_lists(owl_dir):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from pipeline.detect import DetectorHandler
+
+    sizes = [(80, 40), (30, 60), (64, 64), (50, 20), (33, 47)]
+    texts = [["a dog", "A dog", "two cats"], ["a red couch"], ["the remote", "a cat", "a dog", "a sofa"],
+             ["a man"], ["a woman", "a field of flowers"]]
+    elements = [element(i, w, h, t) for i, ((w, h), t) in enumerate(zip(sizes, texts))]
+    handler = DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
+    p = TestPipeline(options=options())
+    results = (p | beam.Create(elements) | RunInference(handler))
+    assert_that(results, lambda rs: _check_results(rs, {f"img-{i}": s for i, s in enumerate(sizes)}))
+    result = p.run()
+    result.wait_until_finish()
+    query = result.metrics().query(MetricsFilter().with_namespace("groundforge_detector"))
+    dist = {m.key.metric.name: m.committed for m in query["distributions"]}["images_per_batch"]
+    # 3 batches holding 5 images, none larger than 2, one of 1: exactly [2, 2, 1]
+    assert (dist.count, dist.sum, dist.max, dist.min) == (3, 5, 2, 1)
+    counters = {m.key.metric.name: m.committed for m in query["counters"]}
+    assert counters["images"] == 5
+    assert counters["detections"] == 16 * sum(len(t) for t in texts)  # min_score 0: every box, every chunk
+
+
+def test_bad_images_become_failed_elements_and_rejects(owl_dir):
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.detect import DetectorHandler, dlq_to_rejects
+
+    good = [element(0, 40, 30, ["a dog"]), element(1, 64, 48, ["two cats", "a couch"])]
+    corrupt = {**element(2, 40, 30, ["a dog"]), "image": b"\x89PNG\r\n\x1a\n garbage"}
+    wrong_size = element(3, 40, 30, ["a cat"], width=41)
+    handler = DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
+    with TestPipeline(options=options()) as p:
+        results, dlq = (p | beam.Create(good + [corrupt, wrong_size])
+                        | RunInference(handler).with_exception_handling())
+        assert_that(results | "Ids" >> beam.Map(lambda r: (r.example["id"], len(r.inference))),
+                    equal_to([("img-0", 16), ("img-1", 32)]), label="Good")
+        failed = dlq.failed_preprocessing[0] | beam.Map(lambda f: (f[0]["id"], f[1][0].__name__))
+        assert_that(failed, equal_to([("img-2", "GroundingError"), ("img-3", "GroundingError")]),
+                    label="Failed")
+        rejects = dlq_to_rejects(dlq) | beam.Map(lambda r: (r["source"], r["stage"], r["reason"],
+                                                            r["detail"][:40]))
+        assert_that(rejects, equal_to([
+            ("img-2", "ground", "undecodable_image", "UnidentifiedImageError: cannot identif"),
+            ("img-3", "ground", "size_mismatch", "element says 41x30, image is 40x30")]), label="Rejects")
+
+
+def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline import detect
+
+    def out_of_memory(self, images, queries):
+        raise RuntimeError(f"CUDA out of memory with {len(images)} images")
+
+    monkeypatch.setattr(detect.LoadedDetector, "detect", out_of_memory)  # in_memory runner: same process
+    handler = detect.DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
+    with TestPipeline(options=options()) as p:
+        results, dlq = (p | beam.Create([element(0, 40, 30, ["a dog"]), element(1, 20, 20, ["a cat"])])
+                        | RunInference(handler).with_exception_handling())
+        assert_that(results, equal_to([]), label="NoResults")
+        assert_that(dlq_to_rejects(dlq), equal_to([
+            {"source": f"img-{i}", "stage": "ground", "reason": "out_of_memory",
+             "detail": "RuntimeError: RuntimeError('CUDA out of memory with 2 images')"} for i in (0, 1)]),
+            label="Rejects")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grounding DINO phrase spans and Florence-2 parsing
+
+
+def test_dino_phrase_token_spans():
+    from pipeline.detect import _phrase_token_spans, dino_phrase
+
+    assert dino_phrase("St. Louis  Arch") == "st louis arch"
+    cls, sep, dot, pad = 101, 102, 1012, 0
+    ids = [cls, 7, 8, dot, 9, dot, 10, 11, dot, sep, pad, pad]
+    mask = [1] * 10 + [0, 0]
+    assert _phrase_token_spans(ids, mask, dot, {cls, sep, pad}, 3) == [[1, 2], [4], [6, 7]]
+    # truncated text: the last phrase lost its tokens, the one before lost its dot
+    assert _phrase_token_spans([cls, 7, dot, 9, sep], [1] * 5, dot, {cls, sep}, 3) == [[1], [3], []]
+
+
+def test_florence_detections_map_phrases_to_chunks():
+    from pipeline.detect import florence_detections, phrase_key
+    from transforms.codecs import get_codec
+
+    codec = get_codec("florence2")
+    w, h = 640, 480
+    dog, cats, couch = [10, 20, 200, 300], [300, 100, 600, 400], [0, 200, 640, 480]
+    text = ("</s><s>" + codec.phrase_text("A dog", [dog], w, h) + codec.phrase_text("two cats", [cats], w, h)
+            + codec.phrase_text("a sofa", [couch], w, h) + "</s>")
+    chunks = ["a dog", "the dog", "Two cats", "a red couch"]
+    dets, unmatched = florence_detections(text, chunks, w, h)
+    dq = lambda b: codec.dequantize(codec.quantize(b, w, h), w, h)  # noqa: E731
+    assert dets == [(0, dq(dog), 1.0), (1, dq(dog), 1.0), (2, dq(cats), 1.0)]
+    assert unmatched == 1  # "a sofa" names no chunk
+    assert phrase_key("The  red couch!") == "red couch"
+    assert florence_detections("", chunks, w, h) == ([], 0)
+
+
+def test_florence_handler_options():
+    from pipeline.detect import Florence2GroundingHandler
+
+    h = Florence2GroundingHandler("florence-dir", device="cpu", batch_size=4)
+    assert h.trust_remote_code is False
+    assert h.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 4}
+    assert h.get_metrics_namespace() == "groundforge_florence2"
+    from pipeline.detect import GroundingError
+    with pytest.raises(GroundingError) as err:
+        h.prepare(element(0, 20, 20, ["a dog"]))
+    assert err.value.reason == "empty_caption"
+    assert h.prepare(element(0, 20, 20, ["a dog"], caption="a dog on a couch")).caption == "a dog on a couch"
