@@ -23,7 +23,9 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.core
-	$(BIN)/groundforge build counting --out $(DEMO)/counting
+	$(BIN)/groundforge build refcoco --out $(DEMO)/refcoco
+	$(BIN)/groundforge validate $(DEMO)/refcoco
+	$(BIN)/groundforge build counting --out $(DEMO)/counting --exclude-images $(DEMO)/refcoco/holdout_image_ids.txt
 	$(BIN)/groundforge validate $(DEMO)/counting
 	$(BIN)/groundforge preview $(DEMO)/counting --out $(DEMO)/preview.html
 	@echo "open $(DEMO)/preview.html to look at the data"

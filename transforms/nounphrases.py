@@ -114,11 +114,12 @@ def iter_extract(docs_or_texts: Iterable, nlp=None, batch_size: int = 256, *,
     items = _chain(first, items)
     if isinstance(first, str):
         nlp = nlp if nlp is not None else load_spacy()
-        docs = nlp.pipe(items, batch_size=batch_size)
+        pairs = nlp.pipe(((text, text) for text in items), batch_size=batch_size, as_tuples=True)
     else:
-        docs = items
-    for doc in docs:
-        yield phrases_from_doc(doc, abstract_nouns=abstract_nouns, drop_contained=drop_contained)
+        pairs = ((doc, None) for doc in items)
+    for doc, text in pairs:
+        yield phrases_from_doc(doc, text=text, abstract_nouns=abstract_nouns,
+                               drop_contained=drop_contained)
 
 
 def _chain(first, rest):
@@ -126,18 +127,19 @@ def _chain(first, rest):
     yield from rest
 
 
-def phrases_from_doc(doc, *, abstract_nouns: frozenset[str] = ABSTRACT_NOUNS,
+def phrases_from_doc(doc, text: str | None = None, *,
+                     abstract_nouns: frozenset[str] = ABSTRACT_NOUNS,
                      drop_contained: bool = True) -> Phrases:
-    """Chunks and expressions of one parsed Doc.
+    """Chunks and expressions of one parsed Doc; `text`, when given, must be `doc.text`.
 
-    Works on the Doc's attribute arrays rather than Token objects: building Tokens and Spans
-    cost as much as a tenth of the parse itself.
+    Works on the Doc's attribute arrays rather than Token objects: building Tokens, Spans (and
+    `Doc.text`, which joins every token) cost as much as a tenth of the parse itself.
     """
     if len(doc) == 0:
         return Phrases([], [])
     if doc.noun_chunks_iterator is None:
         list(doc.noun_chunks)  # raises spaCy's "no noun_chunks for this language" error
-    t = _Tokens(doc)
+    t = _Tokens(doc, text)
     chunks: list[Chunk] = []
     spans: list[tuple[int, int]] = []  # expression token spans [start, end), one per kept chunk
     for nc_start, nc_end, _ in doc.noun_chunks_iterator(doc):
@@ -174,9 +176,9 @@ def _symbols(vocab):
 class _Tokens:
     """Per-token attribute lists of one Doc."""
 
-    def __init__(self, doc):
+    def __init__(self, doc, text: str | None = None):
         self.strings = doc.vocab.strings
-        self.doc_text = doc.text  # Doc.text joins every token on each access
+        self.doc_text = doc.text if text is None else text
         self.sym = _symbols(doc.vocab)
         cols = doc.to_array(self.sym["attrs"]).T.tolist()  # uint64: hashes stay positive
         (self.pos, self.dep, rel_head, self.punct, self.space, self.stop, self.idx, self.length,
