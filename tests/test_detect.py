@@ -310,7 +310,7 @@ def test_bad_images_become_failed_elements_and_rejects(owl_dir):
     from pipeline.detect import DetectorHandler, dlq_to_rejects
 
     good = [element(0, 40, 30, ["a dog"]), element(1, 64, 48, ["two cats", "a couch"])]
-    corrupt = {**element(2, 40, 30, ["a dog"]), "image": b"\x89PNG\r\n\x1a\n garbage"}
+    corrupt = {**element(2, 40, 30, ["a dog"]), "image": b"this is not an image"}
     wrong_size = {**element(3, 40, 30, ["a cat"]), "width": 41}
     handler = DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
     with TestPipeline(options=options()) as p:
