@@ -120,6 +120,7 @@ def main(argv=None) -> None:
     p.add_argument("--model-steps", type=int, default=10)
     p.add_argument("--freeze-vision", action="store_true")
     p.add_argument("--lora", action="store_true")
+    p.add_argument("--data-only", action="store_true", help="measure the data path only (no model step)")
     args = p.parse_args(argv)
 
     import torch
@@ -139,6 +140,10 @@ def main(argv=None) -> None:
         model_dir = save_random_florence2(os.path.join(tmp, "model"), size)
         processor = load_processor(model_dir)
         data_sps = data_rate(shards, processor, args.batch_size, args.num_workers, args.data_batches)
+        if args.data_only:
+            print(f"data path ({size} processor, batch {args.batch_size}, {width}x{height} JPEGs, "
+                  f"{args.num_workers} workers): {data_sps:.2f} samples/s")
+            return
         model = Florence2ForConditionalGeneration.from_pretrained(model_dir)
         if args.freeze_vision:
             freeze_vision(model)
@@ -150,8 +155,8 @@ def main(argv=None) -> None:
     mode = "lora" if args.lora else "freeze-vision" if args.freeze_vision else "full"
     print(f"model: random-weight Florence-2-{size} ({mode}), device {device}, autocast {amp_dtype}, "
           f"batch {args.batch_size}, {width}x{height} JPEGs, {args.num_workers} workers")
-    print(f"data path : {data_sps:8.1f} samples/s")
-    print(f"model step: {model_sps:8.1f} samples/s" + (f"  (peak GPU memory {peak:.1f} GiB)" if peak else ""))
+    print(f"data path : {data_sps:9.2f} samples/s")
+    print(f"model step: {model_sps:9.2f} samples/s" + (f"  (peak GPU memory {peak:.1f} GiB)" if peak else ""))
     print(f"ratio data/model = {data_sps / model_sps:.2f}  "
           + ("(loader keeps up)" if data_sps >= model_sps else "(loader-bound: add --num-workers)"))
 

@@ -124,11 +124,14 @@ def _register() -> None:
     """Commands defined beside their code: render/validate/preview here, train/eval in train/."""
     from pipeline.checks import preview_cmd, validate_cmd
     from pipeline.render import render_cmd
+    from train.cli import eval_command, train_command
 
-    for command in (render_cmd, validate_cmd, preview_cmd):
+    for command in (render_cmd, validate_cmd, preview_cmd, train_command, eval_command):
         main.add_command(command)
     from pipeline.build_refcoco import refcoco_command
     build.add_command(refcoco_command())
+    from pipeline.build_grit import grit_command
+    build.add_command(grit_command())
 
 
 _register()

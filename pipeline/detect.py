@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import warnings
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from apache_beam.metrics import Metrics
@@ -45,6 +46,7 @@ OWL_TYPES = ("owlv2", "owlvit")
 DINO_TYPES = ("grounding-dino", "mm-grounding-dino")
 OMDET_TYPES = ("omdet-turbo",)
 FLORENCE_TASK = "<CAPTION_TO_PHRASE_GROUNDING>"
+_ORIENTATION_TAG = 0x0112
 
 
 class GroundingError(ValueError):
@@ -115,10 +117,13 @@ def decode_image(image) -> tuple[Any, int]:
         if not data:
             raise GroundingError("empty_image", "0 bytes")
         try:
-            img = Image.open(io.BytesIO(data))
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB"), len(data)
-        except Image.DecompressionBombError as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                if img.getexif().get(_ORIENTATION_TAG, 1) != 1:  # boxes refer to the display orientation
+                    img = ImageOps.exif_transpose(img)
+                return img.convert("RGB"), len(data)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise GroundingError("decompression_bomb", str(exc)) from None
         except Exception as exc:  # PIL raises many types for garbage
             reason = "truncated_image" if "truncated" in str(exc).lower() else "undecodable_image"
@@ -137,7 +142,7 @@ def prepare(element, need_caption: bool = False) -> Prepared:
     caption = _field(element, "caption")
     if need_caption and (not isinstance(caption, str) or not caption.strip()):
         raise GroundingError("empty_caption", f"caption is {caption!r}"[:200])
-    if caption is not None and need_caption:
+    if need_caption:
         from transforms.codecs import find_special_tokens
 
         found = find_special_tokens(caption)
@@ -340,7 +345,8 @@ class LoadedDetector:
         boxes = center_to_corners_format(outputs.pred_boxes.float())
         input_ids = inputs["input_ids"].tolist()
         attention = inputs["attention_mask"].tolist()
-        special = set(self.processor.tokenizer.all_special_ids)
+        tok = self.processor.tokenizer
+        special = {t for t in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id) if t is not None}
         out = []
         for i, (h, w) in enumerate(sizes):
             spans = _phrase_token_spans(input_ids[i], attention[i], dot, special, len(queries[i]))

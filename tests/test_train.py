@@ -102,13 +102,32 @@ def test_loss_falls_when_overfitting_8_records(tiny_model, shards8, tmp_path):
     assert os.path.isfile(tmp_path / "out" / "checkpoints" / "step-00000030" / "trainer_state.pt")
 
 
+def test_an_overfit_model_generates_its_targets_and_scores_them(tiny_model, tmp_path):
+    """Training -> save_pretrained -> generate -> parse_output -> metrics, end to end: after overfitting
+    4 rec + 4 count_class records, greedy generations reproduce the targets and score as correct.
+    (The margins allow for float-order differences between CPUs; the run is seeded.)"""
+    from train.evaluate import EvalConfig, evaluate
+    from train.loop import train
+
+    folder = str(tmp_path / "shards")
+    write_shards(folder, [make_record(i, t) for i in range(4) for t in ("rec", "count_class")], 1, 8)
+    summary = train(_config(tiny_model, folder, tmp_path / "out", steps=200, batch_size=8, lr=5e-3, warmup=10,
+                            schedule="cosine", log_every=50))
+    report = evaluate(EvalConfig(model=summary["final"], shards=[folder], out=str(tmp_path / "r.json"),
+                                 num_beams=1, max_new_tokens=20, num_workers=0, device="cpu", examples=4))
+    assert report["tasks"]["count_class"]["accuracy"] == 1.0
+    assert report["tasks"]["rec"]["acc@0.5"] >= 0.5     # a random model scores 0; this one 0.75-1.0
+    assert any(e["generation"] == e["target"] for e in report["examples"] if e["task"] == "rec")
+
+
 def test_resume_continues_at_the_same_step_with_the_same_data(tiny_model, shards12, tmp_path):
     """An uninterrupted 6-step run vs. one interrupted after step 4 (Ctrl-C saves a checkpoint) and resumed:
     same step numbers, same record ids per step, same losses. Two loader workers, so the worker order is
     restored as well."""
     from train.loop import train
 
-    kw = dict(steps=6, batch_size=2, num_workers=2, save_every=3, lr=5e-3, warmup=2, schedule="cosine")
+    kw = dict(steps=6, batch_size=2, grad_accum=2, num_workers=2, save_every=3, lr=5e-3, warmup=2,
+              schedule="cosine")
     ref = {}
     train(_config(tiny_model, shards12, tmp_path / "a", **kw), on_step=lambda s, i: ref.__setitem__(s, i))
 
@@ -175,6 +194,13 @@ def test_lora_trains_only_the_adapter(tiny_model, shards8, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], merged[k])}
     assert changed and all(k.split(".")[-2] in {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
                            for k in changed)
+    # `groundforge eval` takes the adapter directory directly
+    from train.evaluate import EvalConfig, evaluate
+
+    report = evaluate(EvalConfig(model=str(adapter), shards=[shards8], out=str(tmp_path / "r.json"), batch_size=4,
+                                 max_samples=4, num_beams=1, max_new_tokens=4, num_workers=0, examples=0,
+                                 device="cpu"))
+    assert report["n"] == 4 and report["tasks"]["rec"]["n"] == 4
 
 
 def _records(task, n, **kw):
@@ -277,5 +303,7 @@ def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
 
     bad = CliRunner().invoke(train_command, args[:8] + ["--mix", "refcoco=1,grit=1", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unmatched: ['counting', 'grit']" in bad.output
+    again = CliRunner().invoke(train_command, args)
+    assert again.exit_code == 1 and "already holds checkpoints: pass --resume" in again.output
     both = CliRunner().invoke(train_command, args + ["--epochs", "1"])
     assert both.exit_code == 2 and "give --steps or --epochs, not both" in both.output

@@ -152,6 +152,10 @@ def test_mix_follows_weights_and_is_deterministic(tmp_path):
     assert [next(again)["dataset"] for _ in range(800)] == first
     with pytest.raises(ValueError, match="different sources"):
         ShardStream(sources, weights={"a": 1.0})
+    # without --mix, named sets form one pool: every row of both once per epoch, even when streaming forever
+    pooled = ShardStream(sources, decode_images=False, seed=5, columns=("id", "dataset")).iter_slot(0, 1)
+    epoch = [next(pooled)["dataset"] for _ in range(10)]
+    assert Counter(epoch) == {"a": 6, "b": 4}
 
 
 def test_path_only_images_resolve_inside_the_root(tmp_path):

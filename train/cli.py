@@ -22,7 +22,8 @@ def _setup_logging() -> None:
 
 
 @click.command("train")
-@click.option("--model", required=True, help="Florence-2 hub id or directory, e.g. florence-community/Florence-2-base-ft.")
+@click.option("--model", required=True,
+              help="Florence-2 hub id or directory, e.g. florence-community/Florence-2-base-ft.")
 @click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
 @click.option("--mix", default=None, help="Sample named shard sets with weights: refcoco=0.5,counting=0.5. "
               "Without it all shards form one pool and every row is seen once per epoch.")
@@ -95,7 +96,8 @@ def train_command(**kw):
 
 @click.command("eval")
 @click.option("--model", required=True, help="Model directory (full model or LoRA adapter) or hub id.")
-@click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
+@click.option("--shards", "shards", multiple=True, required=True,
+              help="Parquet shards (same forms as for train; repeatable). Every record is evaluated once.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Report JSON; example images go to <out stem>_examples/.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

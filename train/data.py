@@ -209,13 +209,14 @@ def _pop(buf: list, rng: random.Random, pending: dict, shuffle: bool) -> Ref:
 
 def mixed_refs(streams: dict[str, Iterator[Ref]], weights: dict[str, float] | None,
                rng_key: str) -> Iterator[Ref]:
-    """Interleave source streams: weighted random choice per sample, or plain concatenation."""
+    """Weighted random choice of the source for every sample (an exhausted source drops out);
+    without weights there must be a single stream, which passes through."""
     if weights is None:
-        for name in streams:
-            yield from streams[name]
+        (stream,) = streams.values()
+        yield from stream
         return
     rng = random.Random(f"{rng_key}/mix")
-    active = [n for n in streams]
+    active = list(streams)
     while active:
         name = rng.choices(active, weights=[weights[n] for n in active])[0]
         try:
@@ -272,10 +273,14 @@ class _ShardStream:
         return (0, 1) if info is None else (info.id, info.num_workers)
 
     def refs(self, slot: int, n_slots: int) -> Iterator[Ref]:
-        """References of one slot, from position 0."""
+        """References of one slot, from position 0. Without weights all sources form one pool."""
+        if self.weights is None:
+            pools = {"*": [u for name in sorted(self.sources) for u in self.sources[name]]}
+        else:
+            pools = {name: self.sources[name] for name in sorted(self.sources)}
         streams = {}
-        for name in sorted(self.sources):
-            mine = assign_units(self.sources[name], n_slots, self.world_size)[slot]
+        for name, units in pools.items():
+            mine = assign_units(units, n_slots, self.world_size)[slot]
             key = f"{self.seed}/{name}/{slot}/{n_slots}"
             streams[name] = unit_refs(mine, key, self.epochs, self.shuffle_buffer, self.shuffle)
         return mixed_refs(streams, self.weights, f"{self.seed}/{slot}/{n_slots}")

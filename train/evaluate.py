@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from train import metrics
 
@@ -27,7 +27,6 @@ class EvalConfig:
     image_root: str | None = None
     examples: int = 4               # rendered examples per task
     trust_remote_code: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: int,
@@ -43,16 +42,16 @@ def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: in
 
 
 def eval_loader(sources, processor, *, batch_size: int, num_workers: int, image_root: str | None,
-                rank: int = 0, world_size: int = 1):
+                max_source_length: int | None = None):
     """One ordered pass over the shards (no shuffling), records kept for scoring."""
     from torch.utils.data import DataLoader
 
     from train.collate import Florence2Collator
     from train.data import EVAL_COLUMNS, ShardStream
 
-    ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root,
-                     rank=rank, world_size=world_size)
-    collate = Florence2Collator(processor, with_labels=False, keep_records=True)
+    ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root)
+    collate = Florence2Collator(processor, with_labels=False, keep_records=True,
+                                max_source_length=max_source_length)
     return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
 
 
@@ -61,6 +60,8 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
              num_workers: int = 0, image_root: str | None = None, examples: int = 4,
              info: dict | None = None) -> dict:
     """Evaluate an already loaded model on `sources` ({name: [Unit]}); writes the report when `out`."""
+    from train.model import max_positions
+
     was_training = model.training
     model.eval()
     records, generations, shown = [], [], []
@@ -68,7 +69,7 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
     start = time.time()
     try:
         for batch in eval_loader(sources, processor, batch_size=batch_size, num_workers=num_workers,
-                                 image_root=image_root):
+                                 image_root=image_root, max_source_length=max_positions(model)):
             texts = generate(model, processor, batch["inputs"], device=device, amp_dtype=amp_dtype,
                              num_beams=num_beams, max_new_tokens=max_new_tokens)
             for rec, text in zip(batch["records"], texts):
@@ -87,6 +88,7 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
     report = {"n": len(records), "seconds": round(time.time() - start, 2),
               "tasks": metrics.score_records(records, generations), **(info or {})}
     report["headline"] = metrics.headline(report["tasks"])
+    log.info("evaluated %d records in %.1fs: %s", report["n"], report["seconds"], report["headline"])
     if out:
         report["examples"] = write_examples(shown, out)
         write_json(out, report)
@@ -154,7 +156,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     processor = load_processor(proc_dir, cfg.trust_remote_code)
     sources = list_units(discover(cfg.shards))
     info = {"model": cfg.model, "shards": list(cfg.shards), "num_beams": cfg.num_beams,
-            "max_new_tokens": cfg.max_new_tokens, **cfg.extra}
+            "max_new_tokens": cfg.max_new_tokens}
     return run_eval(model, processor, sources, out=cfg.out, device=device, amp_dtype=amp_dtype,
                     batch_size=cfg.batch_size, max_samples=cfg.max_samples, num_beams=cfg.num_beams,
                     max_new_tokens=cfg.max_new_tokens, num_workers=cfg.num_workers,

@@ -241,16 +241,25 @@ def batch_digest(ids: list[str]) -> str:
 # ---------------------------------------------------------------- the loop
 
 class DataPosition:
-    """Where each loader slot of this rank stands, and which worker hands out the next batch."""
+    """Where each loader slot of this rank stands, and which worker hands out the next batch.
+
+    `commit()` after every optimizer step snapshots the position (and the RNG) a checkpoint records, so a
+    run interrupted between micro-batches resumes at the start of the unfinished step.
+    """
 
     def __init__(self, positions: dict[int, int], next_worker: int, num_workers: int):
         self.positions = dict(positions)
         self.next_worker = next_worker
         self.num_workers = max(1, num_workers)
+        self.committed: dict = {}
+        self.commit()
 
     def update(self, batch: dict) -> None:
         self.positions[batch["slot"]] = batch["pos"]
         self.next_worker = (batch["slot"] % self.num_workers + 1) % self.num_workers
+
+    def commit(self) -> None:
+        self.committed = {"positions": dict(self.positions), "next_worker": self.next_worker, "rng": rng_state()}
 
 
 def _load_sources(cfg: TrainConfig):
@@ -258,16 +267,9 @@ def _load_sources(cfg: TrainConfig):
 
     sources = list_units(discover(cfg.shards))
     weights = parse_mix(cfg.mix) if cfg.mix else None
-    if weights is None and len(sources) > 1:
-        merged = [u for name in sorted(sources) for u in sources[name]]
-        from train.data import DEFAULT_SOURCE
-
-        sources = {DEFAULT_SOURCE: merged}
-    if weights is not None:
-        missing = set(weights) ^ set(sources)
-        if missing:
-            raise ValueError(f"--mix and --shards NAME=GLOB must name the same sources; unmatched: "
-                             f"{sorted(missing)}")
+    if weights is not None and set(weights) != set(sources):
+        raise ValueError(f"--mix and --shards NAME=GLOB must name the same sources; unmatched: "
+                         f"{sorted(set(weights) ^ set(sources))}")
     return sources, weights
 
 
@@ -321,7 +323,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     import torch
 
     from train.data import total_rows
-    from train.model import count_parameters, resolve_amp_dtype, resolve_device
+    from train.model import count_parameters, max_positions, resolve_amp_dtype, resolve_device
 
     d = init_distributed()
     device = resolve_device(cfg.device, d.local_rank)
@@ -375,6 +377,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
         position = DataPosition({int(k): v for k, v in mine["positions"].items()}, mine["next_worker"],
                                 cfg.num_workers)
         set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)])
+        position.commit()
     if d.main:
         if not resume_dir:
             with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
@@ -388,15 +391,16 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    loader = _make_loader(cfg, sources, weights, processor, _max_positions(model), d, position, device)
+    loader = _make_loader(cfg, sources, weights, processor, max_positions(model), d, position, device)
     batches = iter(loader)
     metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, step)
     do_eval = bool(cfg.eval_every and cfg.eval_shards)
     eval_sources = _eval_sources(cfg) if d.main and do_eval else None
 
     def checkpoint(at: int) -> None:
-        ranks = gather({"positions": position.positions, "next_worker": position.next_worker}, d)
-        rngs = gather(rng_state(), d)
+        snap = position.committed
+        ranks = gather({"positions": snap["positions"], "next_worker": snap["next_worker"]}, d)
+        rngs = gather(snap["rng"], d)
         if d.main:
             trainer_state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "scaler": scaler.state_dict(), "rng": rngs}
@@ -411,7 +415,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     try:
         with _sigterm_as_interrupt():
             while step < total_steps:
-                loss_sum, ids = 0.0, []
+                loss_sum, ids = torch.zeros((), device=device), []
                 for micro in range(cfg.grad_accum):
                     batch = next(batches, None)
                     if batch is None:
@@ -425,7 +429,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
                                             enabled=amp_dtype is not None):
                             loss = net(**inputs).loss / cfg.grad_accum
                         scaler.scale(loss).backward()
-                    loss_sum += loss.item()
+                    loss_sum += loss.detach().float()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
@@ -435,6 +439,8 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 step += 1
+                position.commit()
+                loss_sum = loss_sum.item()
                 window["loss"] += loss_sum
                 window["steps"] += 1
                 window["samples"] += len(ids) * d.world_size
@@ -477,7 +483,7 @@ def train(cfg: TrainConfig, on_step=None) -> dict:
     return summary
 
 
-def _make_loader(cfg: TrainConfig, sources, weights, processor, max_positions, d: Dist, position, device):
+def _make_loader(cfg: TrainConfig, sources, weights, processor, max_len, d: Dist, position, device):
     """Endless shuffled stream for this rank, starting at the saved position of each of its slots."""
     import torch
     from torch.utils.data import DataLoader
@@ -488,18 +494,11 @@ def _make_loader(cfg: TrainConfig, sources, weights, processor, max_positions, d
     dataset = ShardStream(sources, weights=weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                           rank=d.rank, world_size=d.world_size, image_root=cfg.image_root,
                           start=position.positions, worker_offset=position.next_worker)
-    target_len = min(cfg.max_target_length, max_positions or cfg.max_target_length)
-    collate = Florence2Collator(processor, target_len, max_source_length=max_positions)
+    target_len = min(cfg.max_target_length, max_len or cfg.max_target_length)
+    collate = Florence2Collator(processor, target_len, max_source_length=max_len)
     return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
                       prefetch_factor=4 if cfg.num_workers else None)
-
-
-def _max_positions(model) -> int | None:
-    """The language model's position limit (encoder and decoder), from the config."""
-    config = getattr(model, "config", None)
-    text = getattr(config, "text_config", None) or config
-    return getattr(text, "max_position_embeddings", None)
 
 
 def _log_record(step: int, window: dict, lr: float, grad_norm, ids: list[str]) -> dict:

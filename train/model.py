@@ -84,6 +84,13 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def max_positions(model) -> int | None:
+    """The language model's position limit (encoder and decoder), from the config."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
 def save(model, processor, path: str) -> None:
     """save_pretrained for model (or LoRA adapter) and processor into `path`."""
     os.makedirs(path, exist_ok=True)

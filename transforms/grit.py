@@ -30,8 +30,10 @@ def _entry(span: tuple[int, int], box: Sequence[float], score: float, width: flo
 
 
 def grit_row(caption: str, width: int, height: int, chunks: Sequence, boxes: Mapping[int, Sequence],
-             ref_exps: Sequence, image_id: str | None = None) -> dict:
-    """Build a GRIT-20M annotation row.
+             ref_exps: Sequence, *, row_id: str | None = None, image_id: str | None = None,
+             url: str | None = None) -> dict:
+    """Build a GRIT-20M annotation row (schemas/grit_annotation.schema.json once `row_id` (the
+    `id` column), `image_id` and `url` are given; each is left out when None).
 
     `chunks` and `ref_exps` are `nounphrases.Chunk` / `RefExp` (anything with start_char, end_char;
     ref_exps also `.chunk`); `boxes` maps a chunk index to `[(pixel_xyxy_box, score), ...]` as
@@ -45,10 +47,10 @@ def grit_row(caption: str, width: int, height: int, chunks: Sequence, boxes: Map
     for exp in ref_exps:
         for box, score in boxes.get(exp.chunk, ()):
             exps.append(_entry((exp.start_char, exp.end_char), box, score, width, height))
-    row = {"caption": caption, "width": int(width), "height": int(height),
-           "noun_chunks": noun_chunks, "ref_exps": exps}
-    if image_id is not None:
-        row["image_id"] = str(image_id)
+    row = {name: value for name, value in (("id", row_id), ("image_id", image_id), ("url", url))
+           if value is not None}
+    row.update(caption=caption, width=int(width), height=int(height), noun_chunks=noun_chunks,
+               ref_exps=exps)
     return row
 
 

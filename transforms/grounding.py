@@ -23,8 +23,11 @@ MAX_AREA_FRAC = 0.95    # drop boxes covering more than this fraction of the ima
 MIN_SIDE_PX = 4.0
 MIN_AREA_FRAC = 1e-4
 
+# Reasons counted by filter_detections / detections_from_output; invalid boxes add the
+# boxes.BoxError reasons (bad_box, nan_box, inverted_box, outside_image, empty_box).
 DROP_REASONS = ("score_below_threshold", "box_too_large", "box_too_small", "nms_suppressed",
-                "no_box_left", "bad_label")
+                "no_box_left", "bad_label", "bad_box", "nan_box", "inverted_box", "outside_image",
+                "empty_box")
 
 COCO_CATEGORIES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -211,7 +214,9 @@ def ground_with_annotations(chunks: Sequence, annotations: Iterable[tuple[str, S
     """Detections (score 1.0) linking each chunk to every annotated box of the category it names.
 
     `chunks` are `nounphrases.Chunk`s (or `(text, root_lemma)` pairs); `annotations` are
-    `(category_name, xyxy_pixel_box)` pairs with COCO category names.
+    `(category_name, xyxy_pixel_box)` pairs with COCO category names. Two chunks naming the same
+    category ("a man", "a woman") get the same boxes; `filter_detections` with NMS on then keeps
+    each box for the first of them only (equal scores keep the earlier detection).
     """
     by_cat: dict[str, list[list[float]]] = {}
     for label, box in annotations:
@@ -267,6 +272,25 @@ def detections_from_output(boxes: Sequence[Sequence[float]], scores: Sequence[fl
         for chunk in fan_out[q]:
             out.append(Detection(chunk, [float(v) for v in box], float(score)))
     return out
+
+
+def label_indices(text_labels: Sequence[str], query_texts: Sequence[str]) -> list[int]:
+    """Query index for each text label, for detectors that return label text instead of ids
+    (Grounding DINO returns the matched span of its prompt): the query with the same words, else
+    the first query containing the label's words in order, else -1 (counted as `bad_label` by
+    `detections_from_output`)."""
+    queries = [_words(q) for q in query_texts]
+    out = []
+    for label in text_labels:
+        words = _words(label)
+        exact = [i for i, q in enumerate(queries) if q == words]
+        inside = [i for i, q in enumerate(queries) if words and _contains_run(q, words)]
+        out.append((exact or inside or [-1])[0])
+    return out
+
+
+def _contains_run(words: list[str], run: list[str]) -> bool:
+    return any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1))
 
 
 class Filtered(NamedTuple):

