@@ -27,6 +27,8 @@ demo: $(VENV)/.core
 	$(BIN)/groundforge validate $(DEMO)/refcoco
 	$(BIN)/groundforge build counting --out $(DEMO)/counting --exclude-images $(DEMO)/refcoco/holdout_image_ids.txt
 	$(BIN)/groundforge validate $(DEMO)/counting
+	$(BIN)/groundforge build grit --out $(DEMO)/grit --exclude-images $(DEMO)/refcoco/holdout_image_ids.txt
+	$(BIN)/groundforge validate $(DEMO)/grit
 	$(BIN)/groundforge preview $(DEMO)/counting --out $(DEMO)/preview.html
 	@echo "open $(DEMO)/preview.html to look at the data"
 

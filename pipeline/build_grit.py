@@ -34,7 +34,7 @@ from pipeline.readers.coco import REJECTS, STATS
 from pipeline.readers.refer import canonical_image_id
 from pipeline.sample import SAMPLE_DIR
 from pipeline.writer import Table, WriteDataset, start_output
-from transforms.grit import RowError, concept_key, parse_grit_row, selection_rank
+from transforms.grit import RowError, concept_key, entries, parse_grit_row, selection_rank
 from transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
 from transforms.images import ImageError, prepare_image
 from transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
@@ -118,7 +118,7 @@ class ReadCaptionsFn(beam.DoFn):
             for what, value in self._rows(element):
                 yield _stat("captions_read")
                 yield value if what == "item" else beam.pvalue.TaggedOutput(REJECTS, value)
-        except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        except (OSError, ValueError, csv.Error) as exc:  # UnicodeDecodeError and pyarrow's errors are ValueErrors
             where = element[0] if isinstance(element, tuple) else element
             yield _reject(where, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
 
@@ -194,7 +194,8 @@ def _text_failures(failed_batch):
 # ---------------------------------------------------------------- concept balancing (LLaVA CC3M-595K)
 
 class _CountAndSmallest(beam.CombineFn):
-    """Per phrase: how many captions contain it, and its `k` lowest-ranked (rank, caption key) pairs."""
+    """Per phrase: how many captions contain it, and its `k` lowest-ranked (rank, caption key) pairs. The
+    candidate list is trimmed back to `k` whenever it reaches 2k, so adding is amortised O(log k)."""
 
     def __init__(self, k: int):
         self.k = k
@@ -204,14 +205,20 @@ class _CountAndSmallest(beam.CombineFn):
 
     def add_input(self, acc, value):
         count, best = acc
-        return count + 1, heapq.nsmallest(self.k, best + [value])
+        best.append(value)
+        if len(best) >= 2 * self.k:
+            best = heapq.nsmallest(self.k, best)
+        return count + 1, best
 
     def merge_accumulators(self, accs):
         accs = list(accs)
         return sum(a[0] for a in accs), heapq.nsmallest(self.k, [v for a in accs for v in a[1]])
 
+    def compact(self, acc):
+        return acc[0], heapq.nsmallest(self.k, acc[1])
+
     def extract_output(self, acc):
-        return acc
+        return self.compact(acc)
 
 
 class BalanceConcepts(beam.PTransform):
@@ -241,6 +248,8 @@ class BalanceConcepts(beam.PTransform):
 
 
 class _KeepSelected(beam.DoFn):
+    """(key, {"item": items, "selected": marks}) -> the items when any phrase selected the key."""
+
     def process(self, element):
         _, grouped = element
         items = list(grouped["item"])
@@ -269,7 +278,7 @@ class LoadImageFn(beam.DoFn):
 
     def process(self, item):
         try:
-            data, info = self._load(item)
+            data, info, file_name = self._load(item)
         except (ImageError, PathError) as err:
             yield _reject(item["source"], "image", err.reason, err.detail)
             return
@@ -281,18 +290,20 @@ class LoadImageFn(beam.DoFn):
                               f"input says {claimed[0]}x{claimed[1]}, image is {actual[0]}x{actual[1]}")
                 return
             yield _stat("images_resized")
-        yield {**item, "image": data, "image_bytes": None, "width": info.width, "height": info.height,
-               "image_sha256": info.sha256}
+        yield {**item, "image": data, "image_bytes": None, "file_name": file_name, "width": info.width,
+               "height": info.height, "image_sha256": info.sha256}
 
     def _load(self, item):
+        """-> (bytes, ImageInfo, the file name that was found or None for embedded bytes)."""
         if item["image_bytes"] is not None:
-            return prepare_image(item["image_bytes"], self.max_pixels)
+            return (*prepare_image(item["image_bytes"], self.max_pixels), None)
         if not self.images:
             raise ImageError("missing_image", f"{item['file_name']}: no --images directory was given")
-        paths = [safe_join(self.images, name) for name in (item["file_name"], *item["alt_file_names"])]
-        for path in paths:
+        names = (item["file_name"], *item["alt_file_names"])
+        paths = [safe_join(self.images, name) for name in names]
+        for name, path in zip(names, paths):
             if fs.exists(path):
-                return prepare_image(fs.read_bytes(path), self.max_pixels)
+                return (*prepare_image(fs.read_bytes(path), self.max_pixels), name)
         raise ImageError("missing_image", paths[0])
 
 
@@ -356,20 +367,16 @@ def _drop_contained(exps: list) -> list:
     return keep
 
 
-def _entries(groups: list, width: int, height: int) -> list:
-    return [[float(s), float(e), x1 / width, y1 / height, x2 / width, y2 / height, float(score)]
-            for s, e, _, boxes in groups for (x1, y1, x2, y2), score in boxes]
-
-
 def annotation_key(row: dict) -> str:
     return row["id"]
 
 
 def annotation_row(pair_key: str, item: dict, chunks: list, exps: list) -> dict:
     w, h = item["width"], item["height"]
-    return {"id": pair_key, "image_id": item["image_id"], "url": item["meta"].get("url"),
-            "caption": item["caption"], "width": w, "height": h,
-            "noun_chunks": _entries(chunks, w, h), "ref_exps": _entries(exps, w, h)}
+    return {"id": pair_key, "image_id": item["image_id"], "file_name": item["file_name"],
+            "url": item["meta"].get("url"), "caption": item["caption"], "width": w, "height": h,
+            "noun_chunks": entries([(s, e, b) for s, e, _, b in chunks], w, h),
+            "ref_exps": entries([(s, e, b) for s, e, _, b in exps], w, h)}
 
 
 class _PairOutputs(beam.DoFn):

@@ -119,8 +119,8 @@ def test_sample_exact_records_and_annotations(sample_out):
         normalised(17, 26, b, SAMPLE_W, SAMPLE_H) for b in balls]
     assert annotations["102"]["ref_exps"] == annotations["102"]["noun_chunks"]
     assert annotations["101"]["ref_exps"] == [normalised(0, 29, cup, SAMPLE_W, SAMPLE_H)]
-    assert (annotations["102"]["caption"], annotations["102"]["width"], annotations["102"]["url"]) == (
-        caption, SAMPLE_W, None)
+    assert [annotations["102"][k] for k in ("caption", "width", "height", "url", "file_name")] == [
+        caption, SAMPLE_W, SAMPLE_H, None, "000000000102.jpg"]
     # one rec record per distinct expression span of each annotation row
     n_exps = sum(len({(e[0], e[1]) for e in a["ref_exps"]}) for a in annotations.values())
     assert info["splits"]["train"]["tasks"]["rec"] == n_exps
@@ -141,11 +141,11 @@ def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
         parsed = parse_grit_row(row)
         assert parsed.noun_chunks and all(o["label"] == row["caption"][o["span"][0]:o["span"][1]]
                                           for o in parsed.noun_chunks + parsed.ref_exps)
-    table = pa.Table.from_pylist([{**r, "file_name": f"{int(r['image_id']):012d}.jpg"} for r in rows])
-    pq.write_table(table, tmp_path / "grit.parquet")
+    assert all(r["file_name"] == f"{int(r['image_id']):012d}.jpg" for r in rows)
     from pipeline.sample import SAMPLE_DIR
 
-    again, _ = build(tmp_path, ["--grit20m", tmp_path / "grit.parquet", "--images", SAMPLE_DIR / "images"], "again")
+    again, _ = build(tmp_path, ["--grit20m", out / "annotations" / "*.parquet", "--images", SAMPLE_DIR / "images"],
+                     "again")
     strip = lambda rs: sorted((r["image_id"], r["task"], r["caption"], r["prompt"], r["target"]) for r in rs)  # noqa
     assert strip(read_rows(again)) == strip(read_rows(out))
 
@@ -415,7 +415,9 @@ def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
             assert (r["prompt"], r["target"]) == (f"<OPEN_VOCABULARY_DETECTION>{cap}", cap + loc(dog, 64, 48))
         assert json.loads(r["meta"])["grounder"] == "grit20m"
     annotations = {a["image_id"]: a for a in read_rows(out, "annotations")}
-    assert annotations["000010002"]["width"] == 64 and annotations["000010002"]["url"] == "https://x/2.jpg"
+    assert [annotations["000010002"][k] for k in ("width", "url", "file_name")] == [
+        64, "https://x/2.jpg", "00001/000010002.jpg"]
+    assert annotations["000000001"]["file_name"] == "000000001.jpg"
     for got, want in zip(annotations["000010002"]["noun_chunks"], ok["noun_chunks"], strict=True):
         assert got == pytest.approx(want)  # normalised boxes do not change with the image size
     stats = info_of(out)["stats"]

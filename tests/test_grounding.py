@@ -214,8 +214,9 @@ def test_row_round_trip():
     boxes = {i: [(o["bbox"], o["score"])] for i, o in enumerate(parsed.noun_chunks)}
     exps = [RefExp(o["span"][0], o["span"][1], o["label"], i) for i, o in enumerate(parsed.ref_exps)]
     row = grit_row(HANGER, 1024, 693, chunks, boxes, exps, row_id="0123456789abcdef0123",
-                   image_id="000373938", url="https://example.com/customerservice-1.jpg")
-    assert list(row) == ["id", "image_id", "url", "caption", "width", "height", "noun_chunks", "ref_exps"]
+                   image_id="000373938", url="https://example.com/customerservice-1.jpg", keep_missing=True)
+    assert list(row) == ["id", "image_id", "file_name", "url", "caption", "width", "height", "noun_chunks",
+                         "ref_exps"]
     jsonschema = pytest.importorskip("jsonschema")
     from schemas import load_json_schema
     jsonschema.validate(row, load_json_schema("grit_annotation"))

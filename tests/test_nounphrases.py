@@ -171,5 +171,18 @@ def test_array_replay_matches_spacy_noun_chunks_and_edges(nlp):
         t = np_._Tokens(doc)
         assert t.noun_chunks(doc) == [(c.start, c.end) for c in doc.noun_chunks], doc.text
         assert t.left == [tok.left_edge.i for tok in doc] and t.right == [tok.right_edge.i for tok in doc]
-        assert t.has_conj == [bool(tok.conjuncts) for tok in doc]
+        # coordination = spaCy's conjuncts, plus apposition (comma lists), which is not expanded either
+        assert t.has_conj == [bool(tok.conjuncts) or (tok.dep_ == "appos" and tok.head.i != tok.i)
+                              or any(c.dep_ == "appos" and c.i > tok.i for c in tok.children) for tok in doc]
         assert [t.root(c.start, c.end) for c in doc.noun_chunks] == [c.root.i for c in doc.noun_chunks]
+
+
+def test_comma_list_parsed_as_apposition_is_not_expanded():
+    """spaCy parses "a mug, a couch ..." as apposition: the head must not swallow the rest of the list."""
+    from transforms.nounphrases import extract
+
+    caption = "a yellow mug, a white couch, a brown bicycle and a white kitten in a green field"
+    phrases = extract([caption])[0]
+    assert [c.text for c in phrases.chunks] == ["a yellow mug", "a white couch", "a brown bicycle", "a white kitten",
+                                                "a green field"]
+    assert [r.text for r in phrases.ref_exps] == [c.text for c in phrases.chunks]

@@ -29,28 +29,29 @@ def _entry(span: tuple[int, int], box: Sequence[float], score: float, width: flo
     return [int(span[0]), int(span[1]), x1 / width, y1 / height, x2 / width, y2 / height, float(score)]
 
 
+def entries(groups: Sequence, width: float, height: float) -> list[list[float]]:
+    """[(start_char, end_char, [(pixel xyxy box, score), ...]), ...] -> GRIT-20M entries
+    [start_char, end_char, x1, y1, x2, y2, score] with boxes normalised to 0..1, one per box."""
+    return [_entry((start, end), box, score, width, height) for start, end, boxes in groups for box, score in boxes]
+
+
 def grit_row(caption: str, width: int, height: int, chunks: Sequence, boxes: Mapping[int, Sequence],
              ref_exps: Sequence, *, row_id: str | None = None, image_id: str | None = None,
-             url: str | None = None) -> dict:
-    """Build a GRIT-20M annotation row (schemas/grit_annotation.schema.json once `row_id` (the
-    `id` column), `image_id` and `url` are given; each is left out when None).
+             file_name: str | None = None, url: str | None = None, keep_missing: bool = False) -> dict:
+    """Build a GRIT-20M annotation row (schemas/grit_annotation.schema.json).
 
     `chunks` and `ref_exps` are `nounphrases.Chunk` / `RefExp` (anything with start_char, end_char;
     ref_exps also `.chunk`); `boxes` maps a chunk index to `[(pixel_xyxy_box, score), ...]` as
     `grounding.filter_detections` returns. Chunks without boxes are left out; an expression gets
-    one entry per box of its chunk.
+    one entry per box of its chunk. The id columns are left out when None, unless `keep_missing`
+    (the pipeline's rows always carry every column).
     """
-    noun_chunks, exps = [], []
-    for i, chunk in enumerate(chunks):
-        for box, score in boxes.get(i, ()):
-            noun_chunks.append(_entry((chunk.start_char, chunk.end_char), box, score, width, height))
-    for exp in ref_exps:
-        for box, score in boxes.get(exp.chunk, ()):
-            exps.append(_entry((exp.start_char, exp.end_char), box, score, width, height))
-    row = {name: value for name, value in (("id", row_id), ("image_id", image_id), ("url", url))
-           if value is not None}
-    row.update(caption=caption, width=int(width), height=int(height), noun_chunks=noun_chunks,
-               ref_exps=exps)
+    chunk_groups = [(c.start_char, c.end_char, boxes.get(i, ())) for i, c in enumerate(chunks)]
+    exp_groups = [(e.start_char, e.end_char, boxes.get(e.chunk, ())) for e in ref_exps]
+    ids = (("id", row_id), ("image_id", image_id), ("file_name", file_name), ("url", url))
+    row = {name: value for name, value in ids if value is not None or keep_missing}
+    row.update(caption=caption, width=int(width), height=int(height),
+               noun_chunks=entries(chunk_groups, width, height), ref_exps=entries(exp_groups, width, height))
     return row
 
 

@@ -170,7 +170,7 @@ def _symbols(vocab):
     return {
         "attrs": [attrs.POS, attrs.DEP, attrs.HEAD, attrs.IS_PUNCT, attrs.IS_SPACE, attrs.IS_STOP,
                   attrs.IDX, attrs.LENGTH, attrs.LEMMA],
-        "cc": strings.add("cc"), "conj": strings.add("conj"),
+        "cc": strings.add("cc"), "conj": strings.add("conj"), "appos": strings.add("appos"),
         "np_deps": {strings.add(d) for d in _EN_NP_DEPS},
         "np_pos": {symbols.NOUN, symbols.PROPN, symbols.PRON},
         "repair_deps": {strings.add(d) for d in _HEAD_REPAIR_DEPS},
@@ -197,11 +197,13 @@ class _Tokens:
          self.lemmas) = cols
         self.head = [i + (h - _U64 if h >= _I64_MAX else h) for i, h in enumerate(rel_head)]
         self.n = len(self.pos)
-        conj = self.sym["conj"]
-        self.has_conj = [d == conj and h != i for i, (d, h) in enumerate(zip(self.dep, self.head))]
+        # Coordinated tokens are not expanded. spaCy often parses a comma list ("a mug, a couch and a cat")
+        # as apposition rather than conjunction, so `appos` counts as coordination too.
+        coord = {self.sym["conj"], self.sym["appos"]}
+        self.has_conj = [d in coord and h != i for i, (d, h) in enumerate(zip(self.dep, self.head))]
         for i, (d, h) in enumerate(zip(self.dep, self.head)):
-            if d == conj and h < i:
-                self.has_conj[h] = True  # a conj child on the right
+            if d in coord and h < i:
+                self.has_conj[h] = True  # a coordinated child on the right
         self.left, self.right = self._edges()
 
     def _edges(self) -> tuple[list[int], list[int]]:

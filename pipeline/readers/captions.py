@@ -183,7 +183,8 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
 
     The image id is the row's `image_id` (or `key`/`id`) column, else the image path, else the first 16 hex
     digits of the image bytes' sha256. The pair key is (image path or bytes hash, caption): a row repeated
-    verbatim gives the same records, which the writer reports as duplicates.
+    verbatim gives the same records, which the writer reports as duplicates. Width/height columns are not read:
+    a caption has no boxes that depend on them (metadata often gives the size before a resize).
     """
     if not isinstance(row, dict):
         detail = str(row) if isinstance(row, BadLine) else f"row is a {type(row).__name__}, not an object"
@@ -197,8 +198,7 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
     image_id = image_id or path or _sha(data)[:16]
     meta = {"url": _text(row.get("url"))} if row.get("url") else {}
     return "item", make_item(source=source, key=f"{image_ref}\x1f{caption}", image_id=image_id, caption=caption,
-                             file_name=path if data is None else None, image_bytes=data,
-                             width=_positive(row.get("width")), height=_positive(row.get("height")), meta=meta)
+                             file_name=path if data is None else None, image_bytes=data, meta=meta)
 
 
 def read_caption_table(path: str, *, caption_column: str, image_column: str) -> Iterator[tuple[str, dict]]:
