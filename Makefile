@@ -30,7 +30,9 @@ demo: $(VENV)/.core
 	$(BIN)/groundforge build grit --out $(DEMO)/grit --exclude-images $(DEMO)/refcoco/holdout_image_ids.txt
 	$(BIN)/groundforge validate $(DEMO)/grit
 	$(BIN)/groundforge preview $(DEMO)/counting --out $(DEMO)/preview.html
-	@echo "open $(DEMO)/preview.html to look at the data"
+	$(BIN)/groundforge preview $(DEMO)/refcoco --out $(DEMO)/preview-refcoco.html
+	$(BIN)/groundforge preview $(DEMO)/grit --out $(DEMO)/preview-grit.html
+	@echo "open $(DEMO)/preview*.html to look at the data"
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,10 @@ The sample's 50 images are repeated (under new ids) to --images-total images. Th
 notebook script would: read each image, get its size with PIL, count boxes per class, build counting rows
 and write one Parquet file with pyarrow; no checks, no rejects, no sharding.
 
-    python bench/counting.py [--images-total 2000] [--runner-args "--direct_num_workers=2"]
+    python bench/counting.py [--images-total 2000,8000] [--runner-args "--direct_num_workers=2"]
+
+Each size is run separately; the per-size figures include Beam's fixed start-up (worker processes, imports),
+and the last line gives the marginal rate between the two largest sizes, where that cost cancels out.
 """
 from __future__ import annotations
 
@@ -66,29 +69,41 @@ def baseline(coco_path: Path, images_dir: Path, out: Path) -> int:
     return len(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images-total", type=int, default=2000)
-    ap.add_argument("--runner-args", default="", help="extra Beam options for the groundforge run")
-    a = ap.parse_args()
+def run_size(total: int, runner_args: str) -> tuple[int, float, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        coco = scaled_coco(a.images_total, tmp)
+        coco = scaled_coco(total, tmp)
         t0 = time.perf_counter()
         n_base = baseline(coco, SAMPLE_DIR / "images", tmp)
         t_base = time.perf_counter() - t0
         cmd = [sys.executable, "-m", "pipeline.cli", "build", "counting", "--coco", str(coco),
-               "--images", str(SAMPLE_DIR / "images"), "--out", str(tmp / "gf"), *shlex.split(a.runner_args)]
+               "--images", str(SAMPLE_DIR / "images"), "--out", str(tmp / "gf"), *shlex.split(runner_args)]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         t_gf = time.perf_counter() - t0
         n_gf = json.loads((tmp / "gf" / "dataset_info.json").read_text())["rows"]
+    return n_base, t_base, n_gf, t_gf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images-total", default="2000,8000", help="comma-separated image counts")
+    ap.add_argument("--runner-args", default="", help="extra Beam options for the groundforge run")
+    a = ap.parse_args()
+    sizes = [int(v) for v in a.images_total.split(",")]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"images: {a.images_total}")
-    print(f"baseline pyarrow loop: {n_base} records in {t_base:.2f}s = {n_base / t_base:.0f} records/s")
-    print(f"groundforge counting:  {n_gf} records in {t_gf:.2f}s = {n_gf / t_gf:.0f} records/s "
-          f"(whole CLI run: Beam start-up, checks, rejects, sharding, dataset_info)")
-    print(f"ratio groundforge/baseline: {(n_gf / t_gf) / (n_base / t_base):.2f}")
+    results = []
+    for total in sizes:
+        n_base, t_base, n_gf, t_gf = run_size(total, a.runner_args)
+        results.append((n_base, t_base, n_gf, t_gf))
+        print(f"{total} images: baseline pyarrow loop {n_base} records in {t_base:.2f}s = {n_base / t_base:.0f} records/s; "
+              f"groundforge {n_gf} records in {t_gf:.2f}s = {n_gf / t_gf:.0f} records/s; "
+              f"ratio {(n_gf / t_gf) / (n_base / t_base):.2f}")
+    if len(results) > 1:
+        (b1, tb1, g1, tg1), (b2, tb2, g2, tg2) = results[-2], results[-1]
+        base_rate, gf_rate = (b2 - b1) / (tb2 - tb1), (g2 - g1) / (tg2 - tg1)
+        print(f"marginal ({sizes[-2]} -> {sizes[-1]} images): baseline {base_rate:.0f} records/s, "
+              f"groundforge {gf_rate:.0f} records/s, ratio {gf_rate / base_rate:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.readers.refer import canonical_image_id
 from pipeline.readers.coco import REJECTS, STATS, ExpandCoco, load_image
-from pipeline.writer import WriteDataset, start_output
+from pipeline.writer import WriteDataset, image_groups, start_output
 from transforms.counting import Categories, count_image, counting_records
 from transforms.images import ImageError
 from transforms.paths import PathError
@@ -14,7 +14,7 @@ from transforms.records import rendered, reject
 
 
 class CountingFn(beam.DoFn):
-    """One COCO image element -> rendered counting/count_class records, rejects and stats."""
+    """One COCO image element -> image groups of rendered counting/count_class records, rejects and stats."""
 
     def __init__(self, images_root: str, fmt: str, split: str, seed: int, dataset: str,
                  exclude: frozenset, max_pixels: int, image_mode: str = "embed"):
@@ -58,12 +58,14 @@ class CountingFn(beam.DoFn):
         records, skipped = counting_records(base, counts, cats.classes, self.dataset, meta)
         for row in skipped:
             yield self._reject(row)
+        done = []
         for record in records:
             try:
-                yield rendered(record, self.fmt, self.seed)
+                done.append(rendered(record, self.fmt, self.seed))
             except ValueError as err:  # templates.RenderError (control_tokens, ...) or BoxError, with .reason
                 reason = getattr(err, "reason", "render_error")
                 yield self._reject(reject(f"record:{record['id']}", "render", reason, str(err)))
+        yield from image_groups(done)
 
     def _image(self, data: bytes, file_name: str) -> dict:
         if self.image_mode == "path":
@@ -85,9 +87,9 @@ def build_counting(*, coco: str, images: str, out: str, fmt: str, split: str, se
         built = (expanded.images
                  | "Spread" >> beam.Reshuffle()
                  | "Count" >> beam.ParDo(CountingFn(images, fmt, split, seed, dataset, exclude, max_pixels))
-                 .with_outputs(REJECTS, STATS, main="records"))
+                 .with_outputs(REJECTS, STATS, main="groups"))
         rejects = (expanded[REJECTS], built[REJECTS]) | "Rejects" >> beam.Flatten()
-        _ = {"records": built.records, "rejects": rejects, "stats": built[STATS]} | WriteDataset(
+        _ = {"groups": built.groups, "rejects": rejects, "stats": built[STATS]} | WriteDataset(
             out, builder="counting", dataset=dataset, args=args, num_shards=num_shards,
             shard_size_mb=shard_size_mb, license="other",
             card_notes="Counting questions from COCO-style boxes. Image licenses follow the source images.")

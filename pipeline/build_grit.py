@@ -33,7 +33,7 @@ from pipeline.readers.captions import (
 from pipeline.readers.coco import REJECTS, STATS
 from pipeline.readers.refer import canonical_image_id
 from pipeline.sample import SAMPLE_DIR
-from pipeline.writer import Table, WriteDataset, start_output
+from pipeline.writer import Table, WriteDataset, grouped_outputs, start_output
 from transforms.grit import RowError, concept_key, entries, parse_grit_row, selection_rank
 from transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
 from transforms.images import ImageError, prepare_image
@@ -386,7 +386,11 @@ class _PairOutputs(beam.DoFn):
         self.s = settings
 
     def outputs(self, item, chunks: list, exps: list):
-        """chunks / exps: [(start_char, end_char, text, [(pixel xyxy, score), ...])] in caption order."""
+        """chunks / exps: [(start_char, end_char, text, [(pixel xyxy, score), ...])] in caption order.
+        The pair's records leave as one image group (see pipeline.writer.image_groups)."""
+        return grouped_outputs(self._pair_outputs(item, chunks, exps))
+
+    def _pair_outputs(self, item, chunks: list, exps: list):
         s = self.s
         yield beam.pvalue.TaggedOutput(ANNOTATIONS,
                                        annotation_row(record_id(s.dataset, s.split, item["key"]), item, chunks, exps))
@@ -496,17 +500,17 @@ def build_grit(*, source: Source, settings: Settings, text: Text, grounding: Gro
         rejects, stats = rejects + [loaded[REJECTS]], stats + [loaded[STATS]]
         if source.kind == "grit20m":
             built = loaded.items | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(
-                REJECTS, STATS, ANNOTATIONS, main="records")
+                REJECTS, STATS, ANNOTATIONS, main="groups")
         else:
             grounded, ground_rejects = ground(loaded.items, settings, grounding)
             if ground_rejects is not None:
                 rejects.append(ground_rejects)
             built = grounded | "Filter" >> beam.ParDo(FilterFn(settings)).with_outputs(
-                REJECTS, STATS, ANNOTATIONS, main="records")
+                REJECTS, STATS, ANNOTATIONS, main="groups")
         rejects.append(built[REJECTS])
         stats.append(built[STATS])
         table = Table(arrow_schema_for("grit_annotation"), annotation_key, settings.split)
-        _ = {"records": built.records, "rejects": rejects | "Rejects" >> beam.Flatten(),
+        _ = {"groups": built.groups, "rejects": rejects | "Rejects" >> beam.Flatten(),
              "stats": stats | "Stats" >> beam.Flatten(), ANNOTATIONS: built[ANNOTATIONS]} | WriteDataset(
             out, builder=BUILDER, dataset=settings.dataset, args=args, num_shards=num_shards,
             shard_size_mb=shard_size_mb, license="other", card_notes=CARD_NOTES, tables={ANNOTATIONS: table})

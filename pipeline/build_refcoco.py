@@ -29,7 +29,7 @@ from pipeline.readers.refer import (
     normalize_sentence, ref_source, ref_to_item, refer_paths, sort_image_ids,
 )
 from pipeline.sample import SAMPLE_DIR
-from pipeline.writer import WriteDataset, start_output
+from pipeline.writer import WriteDataset, grouped_outputs, start_output
 from transforms.boxes import BoxError, checked_box
 from transforms.images import ImageError, prepare_image
 from transforms.paths import PathError
@@ -145,8 +145,7 @@ class RefImageFn(beam.DoFn):
                     yield _reject(item["source"], "image", err.reason, err.detail)
                 continue
             yield beam.pvalue.TaggedOutput(STATS, ("images_read", 1))
-            for item in group:
-                yield from self._records(item, data, info)
+            yield from grouped_outputs(out for item in group for out in self._records(item, data, info))
 
     def _load(self, item: dict):
         if item["image_bytes"] is not None:
@@ -227,10 +226,10 @@ def build_refcoco(*, source: Source, out: str, task_list: tuple, fmt: str, seed:
                  | "GroupByImage" >> beam.GroupByKey()
                  | "Records" >> beam.ParDo(RefImageFn(
                      layout=source.layout, images=source.images, tasks=task_list, fmt=fmt, seed=seed, exclude=exclude,
-                     max_pixels=max_pixels, image_mode=image_mode)).with_outputs(REJECTS, STATS, main="records"))
+                     max_pixels=max_pixels, image_mode=image_mode)).with_outputs(REJECTS, STATS, main="groups"))
         rejects = (read[REJECTS], built[REJECTS]) | "Rejects" >> beam.Flatten()
         stats = (read[STATS], built[STATS]) | "Stats" >> beam.Flatten()
-        _ = {"records": built.records, "rejects": rejects, "stats": stats} | WriteDataset(
+        _ = {"groups": built.groups, "rejects": rejects, "stats": stats} | WriteDataset(
             out, builder=BUILDER, dataset=source.dataset, args=args, num_shards=num_shards,
             shard_size_mb=shard_size_mb, license="other", card_notes=CARD_NOTES)
 

@@ -1,12 +1,15 @@
 """The `groundforge` command line. Options a command does not know are handed to Beam as pipeline options."""
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import os
 import sys
 
 import click
+
+# Beam logs this on import whenever the gcp extra is absent, which is the normal local install.
+logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
 
 from pipeline.sample import SAMPLE_DIR
 

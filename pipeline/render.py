@@ -9,7 +9,7 @@ import apache_beam as beam
 import click
 
 from pipeline.shards import iter_rows, load_info, shard_paths
-from pipeline.writer import WriteDataset, start_output
+from pipeline.writer import WriteDataset, grouped_outputs, start_output
 from transforms.records import reject, rendered
 
 REJECTS = "rejects"
@@ -21,6 +21,10 @@ class RenderFn(beam.DoFn):
         self.seed = seed
 
     def process(self, path: str):
+        """One shard -> its records re-rendered, as image groups (an image's records share a shard)."""
+        yield from grouped_outputs(self._rendered(path))
+
+    def _rendered(self, path: str):
         for row in iter_rows(path):
             yield beam.pvalue.TaggedOutput("stats", ("records_read", 1))
             try:
@@ -36,8 +40,8 @@ def render_dataset(*, src: str, out: str, fmt: str, seed: int, num_shards, shard
     start_output(out)
     with beam.Pipeline(options=options) as p:
         done = (p | "Shards" >> beam.Create(paths) | "Spread" >> beam.Reshuffle()
-                | "Render" >> beam.ParDo(RenderFn(fmt, seed)).with_outputs(REJECTS, "stats", main="records"))
-        _ = {"records": done.records, "rejects": done[REJECTS], "stats": done["stats"]} | WriteDataset(
+                | "Render" >> beam.ParDo(RenderFn(fmt, seed)).with_outputs(REJECTS, "stats", main="groups"))
+        _ = {"groups": done.groups, "rejects": done[REJECTS], "stats": done["stats"]} | WriteDataset(
             out, builder=f"render({info['builder']})", dataset=info["dataset"], args=args,
             num_shards=num_shards, shard_size_mb=shard_size_mb)
 

@@ -37,6 +37,41 @@ def record_size(row: dict) -> int:
     return size + 40 * len(row.get("objects") or ())
 
 
+def image_groups(records) -> list[dict]:
+    """Records that share one image (same split and image_sha256) -> elements carrying the image bytes once.
+
+    Builders emit these rather than single records: image bytes then travel through Beam's shuffle once per
+    image instead of once per record (a COCO image has ~9 counting records, a RefCOCO image ~18), and the
+    shard writer puts the bytes back into each row. Each record keeps its own image path.
+    """
+    by_image: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_image.setdefault((r["split"], r["image_sha256"]), []).append(r)
+    return [{"split": split, "key": min(r["id"] for r in rs), "bytes": rs[0]["image"].get("bytes"),
+             "records": [{**r, "image": {"bytes": None, "path": r["image"].get("path")}} for r in rs]}
+            for (split, _), rs in by_image.items()]
+
+
+def grouped_outputs(outputs):
+    """A DoFn's outputs with the plain records collected into image groups (yielded last); tagged
+    outputs (rejects, stats, ...) pass through as they come."""
+    records = []
+    for out in outputs:
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            yield out
+        else:
+            records.append(out)
+    yield from image_groups(records)
+
+
+def group_size(group: dict) -> int:
+    return len(group["bytes"] or b"") * len(group["records"]) + sum(record_size(r) for r in group["records"])
+
+
+def expand_group(group: dict) -> list[dict]:
+    return [{**r, "image": {"bytes": group["bytes"], "path": r["image"]["path"]}} for r in group["records"]]
+
+
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
@@ -70,7 +105,7 @@ def _row_groups(rows: list[dict], limit: int):
 
 
 class _WriteShard(beam.DoFn):
-    """((split, index, count), rows) -> shard info; duplicate keys become rejects."""
+    """((split, index, count), image groups or reject rows) -> shard info; duplicate keys become rejects."""
 
     DUPES = "duplicates"
 
@@ -82,15 +117,16 @@ class _WriteShard(beam.DoFn):
 
     def process(self, element):
         (split, index, count), items = element
-        rows = [r for r in items if r is not None]
+        items = [item for item in items if item is not None]
         if self.kind == "data":
+            rows = [row for group in items for row in expand_group(group)]
             rows.sort(key=lambda r: r["id"])
             rows, dupes = self._drop_duplicates(rows)
             for row in dupes:
                 yield beam.pvalue.TaggedOutput(self.DUPES, row)
             schema = record_arrow_schema()
         else:
-            rows.sort(key=lambda r: (r["stage"], r["reason"], r["source"], r["detail"]))
+            rows = sorted(items, key=lambda r: (r["stage"], r["reason"], r["source"], r["detail"]))
             schema = reject_arrow_schema()
         data = parquet_bytes(rows, schema, self.row_group_bytes)
         name = shard_name(split, index, count)
@@ -167,8 +203,9 @@ def _reject_key(r: dict) -> str:
 
 
 class WriteDataset(beam.PTransform):
-    """Write {"records", "rejects", "stats"} PCollections as a groundforge output directory.
+    """Write {"groups", "rejects", "stats"} PCollections as a groundforge output directory.
 
+    groups are `image_groups(...)` elements: rendered records, image bytes once per image.
     stats is a PCollection of (name, int) pairs (e.g. ("read", 1)) summed into dataset_info.json.
     `tables` names extra PCollections of the input dict written as OUT/<name>/ (see `Table`); they are listed
     under "tables" in dataset_info.json and as extra configs in the dataset card.
@@ -190,10 +227,10 @@ class WriteDataset(beam.PTransform):
         self.tables = dict(sorted((tables or {}).items()))
 
     def expand(self, pcolls):
-        records, rejects, stats = pcolls["records"], pcolls["rejects"], pcolls["stats"]
+        groups, rejects, stats = pcolls["groups"], pcolls["rejects"], pcolls["stats"]
         data_dir = fs.join(self.out_dir, "data")
         rejects_dir = fs.join(self.out_dir, "rejects")
-        grouped = _sharded(records, lambda r: r["id"], record_size, lambda r: r["split"],
+        grouped = _sharded(groups, lambda g: g["key"], group_size, lambda g: g["split"],
                            self.num_shards, self.target_bytes, "Data")
         written = grouped | "WriteData" >> beam.ParDo(
             _WriteShard(data_dir, "data", self.row_group_bytes)).with_outputs(_WriteShard.DUPES, main="shards")
@@ -211,10 +248,10 @@ class WriteDataset(beam.PTransform):
                               None, self.target_bytes, f"Table_{name}_")
             table_files.append(groups | f"WriteTable_{name}" >> beam.ParDo(
                 _WriteTableShard(fs.join(self.out_dir, name), name, table, self.row_group_bytes)))
-        tables = (beam.pvalue.AsList(table_files | "AllTables" >> beam.Flatten(pipeline=records.pipeline))
+        tables = (beam.pvalue.AsList(table_files | "AllTables" >> beam.Flatten(pipeline=groups.pipeline))
                   if table_files else [])
         return (
-            records.pipeline
+            groups.pipeline
             | "FinalizeStart" >> beam.Create([None])
             | "Finalize" >> beam.Map(
                 self._finalize,

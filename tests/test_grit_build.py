@@ -501,6 +501,7 @@ def run_filter(detections, chunks, ref_exps, **filters):
     from apache_beam.pvalue import TaggedOutput
 
     from pipeline.build_grit import FilterFn, Settings
+    from pipeline.writer import expand_group
     from transforms.grounding import filter_settings
 
     settings = Settings("grit", "train", "florence2", 0, ("grounded_caption", "rec"), "detector", "owl",
@@ -513,8 +514,8 @@ def run_filter(detections, chunks, ref_exps, **filters):
     for value in FilterFn(settings).process(item):
         if isinstance(value, TaggedOutput):
             out[value.tag].append(value.value)
-        else:
-            out["records"].append(value)
+        else:  # an image group: the pair's records share one image
+            out["records"].extend(expand_group(value))
     return out
 
 

@@ -30,11 +30,12 @@ def dumps_meta(meta: dict) -> str:
 def make_record(*, id: str, dataset: str, split: str, task: str, image: dict, image_id: str, width: int,
                 height: int, image_sha256: str, objects: list, caption: str | None, meta: dict,
                 format: str = "", prompt: str = "", target: str = "") -> dict:
-    """A record before rendering (`format`, `prompt` and `target` are filled by templates.render_record)."""
+    """A record before rendering: `format`, `prompt` and `target` are filled, and `meta` (a dict until then)
+    is serialised, by `rendered`."""
     return {
         "id": id, "dataset": dataset, "split": split, "task": task, "format": format, "prompt": prompt,
         "target": target, "image": image, "image_id": str(image_id), "width": int(width), "height": int(height),
-        "image_sha256": image_sha256, "objects": objects, "caption": caption, "meta": dumps_meta(meta),
+        "image_sha256": image_sha256, "objects": objects, "caption": caption, "meta": meta,
     }
 
 
@@ -45,8 +46,9 @@ def rendered(record: dict, fmt: str, seed: int) -> dict:
     """
     from transforms.templates import render_record
 
-    out = render_record(record, fmt, seed)
-    meta = json.loads(record["meta"])
+    meta = record["meta"]
+    meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
+    out = render_record({**record, "meta": meta}, fmt, seed)
     meta["template"] = out.template_id
     return {**record, "format": fmt, "prompt": out.prompt, "target": out.target, "meta": dumps_meta(meta)}
 
