@@ -39,6 +39,8 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/counting.py
+	$(BIN)/python bench/grit_text.py
+	$(BIN)/python bench/grit_detector.py --images 256
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
