@@ -24,8 +24,10 @@ def validate_output(out_dir: str) -> list[str]:
     except (FileNotFoundError, ValueError) as err:
         return [str(err)]
     problems: list[str] = []
-    listed = {s["file"] for s in info["shards"]} | {s["file"] for s in info["rejects"]["files"]}
-    for sub in ("data", "rejects"):
+    tables = info.get("tables", {})  # extra tables such as grit's annotations/
+    table_files = [f for table in tables.values() for f in table["files"]]
+    listed = {s["file"] for s in info["shards"] + info["rejects"]["files"] + table_files}
+    for sub in ("data", "rejects", *tables):
         for path in fs.match(fs.join(out_dir, sub, "*")):
             rel = f"{sub}/{os.path.basename(path)}"
             if rel not in listed:
@@ -35,6 +37,8 @@ def validate_output(out_dir: str) -> list[str]:
         problems += _check_file(out_dir, shard, record_arrow_schema(), shard["split"], seen_ids)
     for shard in info["rejects"]["files"]:
         problems += _check_file(out_dir, shard, reject_arrow_schema(), None, None)
+    for shard in table_files:
+        problems += _check_file(out_dir, shard, None, None, None)
     total = sum(s["rows"] for s in info["shards"])
     if total != info["rows"]:
         problems.append(f"dataset_info.json: rows {info['rows']} != sum of shard rows {total}")
@@ -56,7 +60,7 @@ def _check_file(out_dir, shard, schema, split, seen_ids) -> list[str]:
         pf = pq.ParquetFile(io.BytesIO(data))
     except Exception as exc:
         return problems + [f"{name}: not a Parquet file ({exc})"]
-    if not pf.schema_arrow.equals(schema, check_metadata=False):
+    if schema is not None and not pf.schema_arrow.equals(schema, check_metadata=False):
         problems.append(f"{name}: schema differs from the record schema")
     if pf.metadata.num_rows != shard["rows"]:
         problems.append(f"{name}: {pf.metadata.num_rows} rows, dataset_info.json says {shard['rows']}")

@@ -598,3 +598,16 @@ def test_florence2_grounder_uses_the_florence_handler_without_remote_code():
     detector = make_handler("detector", "some/owl", Grounding(device="cpu", trust_remote_code=True), 0.65)
     assert isinstance(detector, DetectorHandler) and detector.trust_remote_code is True
     assert detector._min_score == 0.65  # the handler drops what the filter would drop anyway
+
+
+def test_validate_checks_the_annotations_table(sample_out, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_out[0], copy)
+    table = copy / "annotations" / "train-00000-of-00001.parquet"
+    table.write_bytes(table.read_bytes()[:-8])
+    (copy / "annotations" / "stray.parquet").write_bytes(b"x")
+    result = run_cli(["validate", copy], expect_exit=1)
+    assert "annotations/train-00000-of-00001.parquet: sha256 differs from dataset_info.json" in result.output
+    assert "annotations/stray.parquet: not listed in dataset_info.json" in result.output
