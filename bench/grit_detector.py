@@ -94,12 +94,11 @@ def pipeline_run(model_dir: str, elements: list[dict], batch_size: int, device: 
                  runner_args: list[str]) -> tuple[float, int]:
     """RunInference(DetectorHandler) with exception handling, as the GRIT pipeline runs it."""
     import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.detect import DetectorHandler
-
-    from apache_beam.metrics.metric import MetricsFilter
 
     handler = DetectorHandler(model_dir, device=device, dtype=dtype, batch_size=batch_size)
     start = time.perf_counter()

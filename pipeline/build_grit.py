@@ -19,16 +19,22 @@ from __future__ import annotations
 import csv
 import heapq
 import json
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
 import click
 
 from pipeline import fs
+from pipeline.options import check_dir, parse_tasks
 from pipeline.readers.captions import (
-    InputError, check_caption_columns, check_grit20m_columns, match_files, read_caption_table, read_coco_captions,
-    read_grit20m, read_webdataset,
+    InputError,
+    check_caption_columns,
+    check_grit20m_columns,
+    match_files,
+    read_caption_table,
+    read_coco_captions,
+    read_grit20m,
+    read_webdataset,
 )
 from pipeline.readers.coco import REJECTS, STATS
 from pipeline.readers.refer import canonical_image_id
@@ -518,23 +524,10 @@ def build_grit(*, source: Source, settings: Settings, text: Text, grounding: Gro
 
 # ---------------------------------------------------------------- configuration (driver side, before any pipeline)
 
-def parse_tasks(value: str) -> tuple:
-    tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
-    bad = [t for t in tasks if t not in TASKS]
-    if not tasks or bad:
-        raise click.BadParameter(f"{value!r}: expected a comma list of {', '.join(TASKS)}", param_hint="--tasks")
-    return tasks
-
-
 def parse_abstract_nouns(value: str | None) -> frozenset:
     if value is None:
         return ABSTRACT_NOUNS
     return frozenset(w.strip().lower() for w in value.split(",") if w.strip())
-
-
-def _check_dir(path: str | None, option: str) -> None:
-    if path and "://" not in path and not os.path.isdir(path):
-        raise click.BadParameter(f"directory not found: {path}", param_hint=option)
 
 
 def _check_file(path: str | None, option: str) -> None:
@@ -551,7 +544,7 @@ def resolve_source(*, captions, webdataset, coco_captions, coco_instances, grit2
         raise click.UsageError(f"give one input, not {' and '.join(given)}")
     if coco_instances and not coco_captions:
         raise click.UsageError("--coco-instances goes with --coco-captions")
-    _check_dir(images, "--images")
+    check_dir(images, "--images")
     if not given:  # the shipped sample
         return Source("coco", ((str(SAMPLE_DIR / "captions.json"), str(SAMPLE_DIR / "instances.json")),),
                       images or str(SAMPLE_DIR / "images"))
@@ -657,7 +650,7 @@ def grit_command():
         GRIT-20M style OUT/annotations/. Default input: the shipped sample with --grounder annotations."""
         from transforms.nounphrases import SpacyModelError, load_spacy
 
-        task_list = parse_tasks(tasks)
+        task_list = parse_tasks(tasks, TASKS)
         try:
             source = resolve_source(captions=captions, webdataset=webdataset, coco_captions=coco_captions,
                                     coco_instances=coco_instances, grit20m=grit20m, images=images,

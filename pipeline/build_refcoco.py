@@ -15,18 +15,29 @@ before any pipeline runs: a hostile pickle is refused by the restricted unpickle
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
 import click
 
 from pipeline import fs
+from pipeline.options import check_dir, parse_tasks
 from pipeline.readers.coco import REJECTS, STATS, load_image
 from pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
 from pipeline.readers.refer import (
-    DATASETS, ReaderError, dedupe_sentences, holdout_text, is_holdout, is_reject, load_instances, load_refs,
-    normalize_sentence, ref_source, ref_to_item, refer_paths, sort_image_ids,
+    DATASETS,
+    ReaderError,
+    dedupe_sentences,
+    holdout_text,
+    is_holdout,
+    is_reject,
+    load_instances,
+    load_refs,
+    normalize_sentence,
+    ref_source,
+    ref_to_item,
+    refer_paths,
+    sort_image_ids,
 )
 from pipeline.sample import SAMPLE_DIR
 from pipeline.writer import WriteDataset, grouped_outputs, start_output
@@ -236,19 +247,6 @@ def build_refcoco(*, source: Source, out: str, task_list: tuple, fmt: str, seed:
 
 # ---------------------------------------------------------------- configuration (driver side, before any pipeline)
 
-def parse_tasks(value: str) -> tuple:
-    tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
-    bad = [t for t in tasks if t not in TASKS]
-    if not tasks or bad:
-        raise click.BadParameter(f"{value!r}: expected a comma list of {', '.join(TASKS)}", param_hint="--tasks")
-    return tasks
-
-
-def _check_dir(path: str | None, option: str) -> None:
-    if path and "://" not in path and not os.path.isdir(path):
-        raise click.BadParameter(f"directory not found: {path}", param_hint=option)
-
-
 def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layout, bbox_format, split) -> Source:
     """Check the input options; raises click.UsageError / ReaderError (UnsafePickleError for a hostile pickle)."""
     if refer_dir and parquet:
@@ -261,7 +259,7 @@ def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layou
             click.echo(f"input layout: {layout} (auto-detected from the columns of {files[0]})")
         if layout == "jxu124" and not images:
             raise click.UsageError("the jxu124 layout has no image bytes: pass --images DIR")
-        _check_dir(images, "--images")
+        check_dir(images, "--images")
         return Source(layout, dataset, images, files=tuple(files), split=split, bbox_format=bbox_format)
     for name, given in (("--split", split), ("--bbox-format", bbox_format), ("--input-layout", input_layout != "auto")):
         if given:
@@ -272,7 +270,7 @@ def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layou
         raise click.UsageError("--refer-dir needs --images DIR (the COCO train2014 images)")
     refs_path, instances_path = refer_paths(refer_dir, dataset, split_by or DEFAULT_SPLIT_BY[dataset])
     load_refs(refs_path)  # the restricted unpickler refuses a hostile pickle here, before anything runs
-    _check_dir(images, "--images")
+    check_dir(images, "--images")
     return Source("refer", dataset, images, refs_path=refs_path, instances_path=instances_path)
 
 
@@ -304,7 +302,7 @@ def refcoco_command():
                           tasks, image_mode, out, fmt, num_shards, shard_size_mb, seed, exclude_images, max_pixels):
         """RefCOCO / RefCOCO+ / RefCOCOg: `rec` (expression -> box) and `reg` (box -> expression) records, from the
         refer layout (--refer-dir), or lmms-lab / jxu124 exports (--parquet). Writes OUT/holdout_image_ids.txt."""
-        task_list = parse_tasks(tasks)
+        task_list = parse_tasks(tasks, TASKS)
         try:
             source = resolve_source(refer_dir=refer_dir, parquet=parquet, dataset=dataset, split_by=split_by,
                                     images=images, input_layout=input_layout, bbox_format=bbox_format, split=split)

@@ -1,7 +1,9 @@
-"""Beam runner setup: an offline local default, and any runner's options passed through untouched."""
+"""Beam runner setup (an offline local default, any runner's options passed through) and shared option checks."""
 from __future__ import annotations
 
 import os
+
+import click
 
 
 def pipeline_options(beam_args: list[str] | tuple[str, ...] = ()):
@@ -49,3 +51,17 @@ def runner_name(opts) -> str:
     from apache_beam.options.pipeline_options import StandardOptions
 
     return str(opts.view_as(StandardOptions).runner)
+
+
+def parse_tasks(value: str, allowed: tuple) -> tuple:
+    """--tasks: a comma list of `allowed` task names, order kept, duplicates dropped."""
+    tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not tasks or any(t not in allowed for t in tasks):
+        raise click.BadParameter(f"{value!r}: expected a comma list of {', '.join(allowed)}", param_hint="--tasks")
+    return tasks
+
+
+def check_dir(path: str | None, option: str) -> None:
+    """A local directory option must exist (remote URLs are checked by the pipeline when it reads them)."""
+    if path and "://" not in path and not os.path.isdir(path):
+        raise click.BadParameter(f"directory not found: {path}", param_hint=option)

@@ -18,7 +18,6 @@ def load_info(out_dir: str) -> dict:
 def iter_rows(path: str, columns: list[str] | None = None):
     """Rows of one Parquet file as dicts, one row group in memory at a time."""
     import pyarrow.parquet as pq
-
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path, compression_type="uncompressed") as raw:

@@ -71,8 +71,9 @@ def test_exif_image_stored_transposed(tmp_path):
     out, _ = build(tmp_path, write_coco(tmp_path, images, anns))
     row = by_task(read_rows(out), "counting")["1"]
     assert (row["width"], row["height"]) == (40, 60)
-    from PIL import Image
     import io
+
+    from PIL import Image
     img = Image.open(io.BytesIO(row["image"]["bytes"]))
     assert img.size == (40, 60) and img.getexif().get(0x0112, 1) == 1
     assert row["image_sha256"] == hashlib.sha256(row["image"]["bytes"]).hexdigest()
@@ -81,6 +82,7 @@ def test_exif_image_stored_transposed(tmp_path):
 def test_every_bad_input_is_a_reject_with_reason(tmp_path):
     good = jpeg_bytes(100, 80)
     import io
+
     from PIL import Image
     bomb = io.BytesIO()
     Image.new("L", (3000, 3000)).save(bomb, format="PNG")

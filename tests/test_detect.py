@@ -94,10 +94,15 @@ def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
 def make_grounding_dino(directory: Path, seed: int = 0) -> Path:
     """Save a tiny random-weight Grounding DINO (Swin + BERT, 10 queries) with a word-level BERT vocab."""
     import torch
-    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoProcessor, SwinConfig)
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
-        GroundingDinoImageProcessorPil)
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
 
     directory = Path(directory)
     (directory / "tok").mkdir(parents=True, exist_ok=True)
@@ -130,8 +135,14 @@ def make_florence2(directory: Path, answer: str | None = None, seed: int = 0) ->
     """
     import torch
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (BartConfig, BartTokenizer, Florence2Config, Florence2ForConditionalGeneration,
-                              Florence2Processor, GenerationConfig)
+    from transformers import (
+        BartConfig,
+        BartTokenizer,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        GenerationConfig,
+    )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
 

@@ -431,9 +431,9 @@ def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
 
 def test_balance_concepts_matches_the_reference_selection(tmp_path):
     from pipeline.readers.captions import read_coco_captions
+    from tests.conftest import write_coco
     from transforms.grit import balance_concepts
     from transforms.nounphrases import extract, load_spacy
-    from tests.conftest import write_coco
 
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
     animals = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "couch"}]

@@ -8,12 +8,21 @@ from collections import Counter
 
 import pytest
 
-from transforms.grit import (RowError, balance_concepts, concept_key, grit_row, parse_grit_row,
-                             phrase_counts)
-from transforms.grounding import (COCO_CATEGORIES, MULTI_WORD, SINGLE_WORD, Detection, Queries,
-                                  category_for, detections_from_output, detector_queries,
-                                  filter_detections, filter_settings, ground_with_annotations,
-                                  label_indices)
+from transforms.grit import RowError, balance_concepts, concept_key, grit_row, parse_grit_row, phrase_counts
+from transforms.grounding import (
+    COCO_CATEGORIES,
+    MULTI_WORD,
+    SINGLE_WORD,
+    Detection,
+    Queries,
+    category_for,
+    detections_from_output,
+    detector_queries,
+    filter_detections,
+    filter_settings,
+    ground_with_annotations,
+    label_indices,
+)
 from transforms.nounphrases import Chunk, RefExp
 
 HANGER = "a wire hanger with a paper cover that reads we heart our customers"

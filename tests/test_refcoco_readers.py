@@ -12,12 +12,28 @@ import re
 import pytest
 
 from pipeline.readers.refcoco_parquet import (
-    detect_file_layout, detect_layout, input_files, jxu124_row_to_item, lmms_row_to_item, read_refcoco_file,
-    read_refcoco_files, split_from_path,
+    detect_file_layout,
+    detect_layout,
+    input_files,
+    jxu124_row_to_item,
+    lmms_row_to_item,
+    read_refcoco_file,
+    read_refcoco_files,
+    split_from_path,
 )
 from pipeline.readers.refer import (
-    ReaderError, UnsafePickleError, canonical_image_id, dedupe_sentences, holdout_image_ids, holdout_text,
-    image_id_from_file_name, load_instances, read_exclude_images, read_refer, ref_to_item, safe_load_pickle,
+    ReaderError,
+    UnsafePickleError,
+    canonical_image_id,
+    dedupe_sentences,
+    holdout_image_ids,
+    holdout_text,
+    image_id_from_file_name,
+    load_instances,
+    read_exclude_images,
+    read_refer,
+    ref_to_item,
+    safe_load_pickle,
 )
 from tests import fixtures_refcoco as fx
 

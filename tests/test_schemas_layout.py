@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 
 import schemas
-import transforms
 import train
+import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,19 @@ import sys
 import pytest
 
 from transforms.codecs import FORMATS, get_codec
-from transforms.templates import (REGISTRY, TASKS, ControlTokenError, Rendered, RenderError, choose_template,
-                                  get_template, parse_output, plural, render_record, templates_for)
+from transforms.templates import (
+    REGISTRY,
+    TASKS,
+    ControlTokenError,
+    Rendered,
+    RenderError,
+    choose_template,
+    get_template,
+    parse_output,
+    plural,
+    render_record,
+    templates_for,
+)
 
 W, H = 640, 480
 MAN = [100, 50, 300, 410]

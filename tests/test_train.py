@@ -208,8 +208,8 @@ def _records(task, n, **kw):
 
 
 def test_eval_scores_known_generations():
-    from transforms.codecs import get_codec
     from train.metrics import score_records
+    from transforms.codecs import get_codec
 
     codec = get_codec("florence2")
     recs, gens = [], []

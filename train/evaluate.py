@@ -141,8 +141,7 @@ def draw_example(rec: dict, pred_boxes: list, generation: str):
 def evaluate(cfg: EvalConfig) -> dict:
     """`groundforge eval`: load a model directory (full model or LoRA adapter), evaluate, write the report."""
     from train.data import discover, list_units
-    from train.model import (adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype,
-                             resolve_device)
+    from train.model import adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp_dtype(cfg.dtype, device)

@@ -29,6 +29,7 @@ import posixpath
 import tarfile
 from typing import Any, Iterator
 
+from pipeline.readers.refcoco_parquet import image_field
 from transforms.boxes import xywh_to_xyxy
 from transforms.grit import RowError, parse_grit_row
 from transforms.records import reject
@@ -142,17 +143,6 @@ def _text(value: Any) -> str | None:
 def _caption(value: Any) -> str | None:
     text = _text(value)
     return text.strip() if text is not None else None
-
-
-def image_field(value: Any) -> tuple[bytes | None, str | None]:
-    """(bytes, path) of an image column: a Hugging Face `{"bytes", "path"}` struct, raw bytes or a path."""
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), _text(value.get("path"))
-        return (bytes(data) if isinstance(data, (bytes, bytearray)) and data else None), (path or None)
-    if isinstance(value, (bytes, bytearray)):
-        return (bytes(value) or None), None
-    text = _text(value)
-    return None, (text.strip() or None) if text else None
 
 
 def _sha(data: bytes) -> str:

@@ -12,7 +12,7 @@ import apache_beam as beam
 from pipeline import fs
 from transforms.counting import categories_from_coco
 from transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
-from transforms.paths import PathError, safe_join
+from transforms.paths import safe_join
 from transforms.records import reject
 
 REJECTS = "rejects"

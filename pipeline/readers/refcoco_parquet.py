@@ -21,8 +21,21 @@ import re
 from typing import Any, Iterable, Iterator
 
 from pipeline.readers.refer import (
-    ReaderError, _open, _Reject, _str_keys, _text, bbox_to_xyxy, canonical_image_id, check_bbox_format,
-    check_dataset, id_str, image_id_from_file_name, make_item, make_reject, positive_int, required,
+    ReaderError,
+    _open,
+    _Reject,
+    _str_keys,
+    _text,
+    bbox_to_xyxy,
+    canonical_image_id,
+    check_bbox_format,
+    check_dataset,
+    id_str,
+    image_id_from_file_name,
+    make_item,
+    make_reject,
+    positive_int,
+    required,
     sentence_texts,
 )
 
@@ -159,15 +172,15 @@ def _whole_json_object(f) -> bool:
         return True
 
 
-def _image_field(value: Any) -> tuple[bytes | None, str | None]:
-    """(bytes, path) from a Hugging Face Image struct, raw bytes, or a path string."""
+def image_field(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, path) of an image column: a Hugging Face `{"bytes", "path"}` struct, raw bytes or a path."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), _text(value.get("path"))
         return (bytes(data) if isinstance(data, (bytes, bytearray)) and data else None), (path or None)
     if isinstance(value, (bytes, bytearray)):
         return (bytes(value) or None), None
     text = _text(value)
-    return None, (text or None)
+    return None, (text.strip() or None) if text else None
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -190,7 +203,7 @@ def lmms_row_to_item(row: dict, *, dataset: str, split: str, source: str, bbox_f
             raise _Reject("bad_row", f"row is a {type(row).__name__}, not an object")
         row = _str_keys(row)
         ref_id = required(row, "question_id")
-        image_bytes, image_path = _image_field(row.get("image"))
+        image_bytes, image_path = image_field(row.get("image"))
         file_name = _text(row.get("file_name")) or image_path
         if image_bytes is None and not file_name:
             raise _Reject("missing_field", "image has neither bytes nor a path, and there is no file_name")
