@@ -140,6 +140,28 @@ class Codec:
         return f"{type(self).__name__}()"
 
 
+class _RoundedCodec(Codec):
+    """Coordinates as round(v / size * top) clamped to 0..top, in x1, y1, x2, y2 order; decode q / top * size."""
+
+    top = 1000
+
+    def quantize(self, box, w, h):
+        x1, y1, x2, y2 = _floats(box)
+        w, h = _size(w, h)
+        t = self.top
+        return (_clamp(round(x1 / w * t), 0, t), _clamp(round(y1 / h * t), 0, t),
+                _clamp(round(x2 / w * t), 0, t), _clamp(round(y2 / h * t), 0, t))
+
+    def dequantize(self, q, w, h):
+        w, h = _size(w, h)
+        x1, y1, x2, y2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
+        t = self.top
+        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
+
+    def bin_size(self, w, h):
+        return w / self.top, h / self.top
+
+
 class Florence2Codec(Codec):
     """`<loc_x1><loc_y1><loc_x2><loc_y2>`, 1000 bins per side, as transformers' Florence2PostProcessor."""
 
@@ -250,7 +272,7 @@ class Kosmos2Codec(Codec):
         return out
 
 
-class PaliGemmaCodec(Codec):
+class PaliGemmaCodec(_RoundedCodec):
     """`<locY1><locX1><locY2><locX2> label`, 1024 values per side, objects joined by ` ; `."""
 
     name = "paligemma"
@@ -259,20 +281,12 @@ class PaliGemmaCodec(Codec):
     _LOC_RE = re.compile(r"<loc(\d{4})>")
 
     def quantize(self, box, w, h):
-        x1, y1, x2, y2 = _floats(box)
-        w, h = _size(w, h)
-        t = self.top
-        return (_clamp(round(y1 / h * t), 0, t), _clamp(round(x1 / w * t), 0, t),
-                _clamp(round(y2 / h * t), 0, t), _clamp(round(x2 / w * t), 0, t))
+        x1, y1, x2, y2 = super().quantize(box, w, h)
+        return y1, x1, y2, x2  # y first
 
     def dequantize(self, q, w, h):
-        w, h = _size(w, h)
-        y1, x1, y2, x2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
-        t = self.top
-        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
-
-    def bin_size(self, w, h):
-        return w / self.top, h / self.top
+        y1, x1, y2, x2 = _ints(q, 4)
+        return super().dequantize((x1, y1, x2, y2), w, h)
 
     def box_text(self, box, w, h):
         return "".join(f"<loc{v:04d}>" for v in self.quantize(box, w, h))
@@ -294,7 +308,7 @@ class PaliGemmaCodec(Codec):
         return out
 
 
-class Qwen2VLCodec(Codec):
+class Qwen2VLCodec(_RoundedCodec):
     """`<|object_ref_start|>t<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, ints 0..1000."""
 
     name = "qwen2vl"
@@ -305,21 +319,6 @@ class Qwen2VLCodec(Codec):
         r"|<\|box_start\|>\s*\(" + _NUM + "," + _NUM + r"\)\s*,\s*\(" + _NUM + "," + _NUM + r"\)\s*<\|box_end\|>",
         re.S)
 
-    def quantize(self, box, w, h):
-        x1, y1, x2, y2 = _floats(box)
-        w, h = _size(w, h)
-        t = self.top
-        return (_clamp(round(x1 / w * t), 0, t), _clamp(round(y1 / h * t), 0, t),
-                _clamp(round(x2 / w * t), 0, t), _clamp(round(y2 / h * t), 0, t))
-
-    def dequantize(self, q, w, h):
-        w, h = _size(w, h)
-        x1, y1, x2, y2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
-        t = self.top
-        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
-
-    def bin_size(self, w, h):
-        return w / self.top, h / self.top
 
     def box_text(self, box, w, h):
         x1, y1, x2, y2 = self.quantize(box, w, h)
@@ -454,7 +453,7 @@ def _bbox_entries(value) -> list[tuple[object, list]]:
     return []
 
 
-class ShikraCodec(Codec):
+class ShikraCodec(_RoundedCodec):
     """`[0.123,0.456,0.789,0.900]` normalised with 3 decimals; several boxes as `[a,b,c,d;e,f,g,h]`."""
 
     name = "shikra"
@@ -462,23 +461,6 @@ class ShikraCodec(Codec):
     _NUM = r"\s*\d+(?:\.\d*)?\s*"
     _BOX = _NUM + "," + _NUM + "," + _NUM + "," + _NUM
     _BOXES_RE = re.compile(r"\[(" + _BOX + r"(?:;" + _BOX + r")*)\]")
-
-    def quantize(self, box, w, h):
-        """Thousandths of the image size."""
-        x1, y1, x2, y2 = _floats(box)
-        w, h = _size(w, h)
-        t = self.top
-        return (_clamp(round(x1 / w * t), 0, t), _clamp(round(y1 / h * t), 0, t),
-                _clamp(round(x2 / w * t), 0, t), _clamp(round(y2 / h * t), 0, t))
-
-    def dequantize(self, q, w, h):
-        w, h = _size(w, h)
-        x1, y1, x2, y2 = (_clamp(v, 0, self.top) for v in _ints(q, 4))
-        t = self.top
-        return [x1 * w / t, y1 * h / t, x2 * w / t, y2 * h / t]
-
-    def bin_size(self, w, h):
-        return w / self.top, h / self.top
 
     def _inner(self, box, w, h) -> str:
         return ",".join(f"{v / self.top:.3f}" for v in self.quantize(box, w, h))
