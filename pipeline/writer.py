@@ -104,6 +104,16 @@ def _row_groups(rows: list[dict], limit: int):
         yield group
 
 
+def write_shard(directory: str, sub: str, shard: tuple, rows: list[dict], schema, row_group_bytes: int) -> dict:
+    """Encode and write one shard file (temp name, then rename) -> its entry for dataset_info.json."""
+    split, index, count = shard
+    data = parquet_bytes(rows, schema, row_group_bytes)
+    name = shard_name(split, index, count)
+    fs.write_bytes(fs.join(directory, name), data)
+    return {"file": f"{sub}/{name}", "split": split, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data)}
+
+
 class _WriteShard(beam.DoFn):
     """((split, index, count), image groups or reject rows) -> shard info; duplicate keys become rejects."""
 
@@ -128,13 +138,10 @@ class _WriteShard(beam.DoFn):
         else:
             rows = sorted(items, key=lambda r: (r["stage"], r["reason"], r["source"], r["detail"]))
             schema = reject_arrow_schema()
-        data = parquet_bytes(rows, schema, self.row_group_bytes)
-        name = shard_name(split, index, count)
-        fs.write_bytes(fs.join(self.directory, name), data)
+        info = write_shard(self.directory, self.kind, (split, index, count), rows, schema, self.row_group_bytes)
         self.rows_written.inc(len(rows))
-        tasks = dict(Counter(r["task"] for r in rows)) if self.kind == "data" else {}
-        yield {"file": f"{self.kind}/{name}", "split": split, "rows": len(rows),
-               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "tasks": tasks}
+        info["tasks"] = dict(Counter(r["task"] for r in rows)) if self.kind == "data" else {}
+        yield info
 
     def _drop_duplicates(self, rows):
         kept, dupes = [], []
@@ -173,11 +180,9 @@ class _WriteTableShard(beam.DoFn):
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
-        data = parquet_bytes(rows, self.table.schema, self.row_group_bytes)
-        name = shard_name(split, index, count)
-        fs.write_bytes(fs.join(self.directory, name), data)
-        yield {"file": f"{self.name}/{name}", "table": self.name, "split": split, "rows": len(rows),
-               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        info = write_shard(self.directory, self.name, (split, index, count), rows, self.table.schema,
+                           self.row_group_bytes)
+        yield {**info, "table": self.name}
 
 
 def _shard_counts(totals, fixed: int | None, target_bytes: int):
