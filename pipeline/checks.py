@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import html
 import io
 import os
@@ -107,13 +108,16 @@ def validate_cmd(out_dir):
 
 
 def sample_rows(out_dir: str, n: int, seed: int) -> list[dict]:
-    """n records spread over the output, chosen by a seeded hash of their key (deterministic)."""
+    """n records spread over the output, chosen by a seeded hash of their key (deterministic); only the
+    n best candidates are kept in memory while the key column is scanned."""
     info = load_info(out_dir)
-    ranked = []
-    for shard in info["shards"]:
-        for row in iter_rows(fs.join(out_dir, *shard["file"].split("/")), columns=["id"]):
-            ranked.append((hashlib.sha256(f"{seed}:{row['id']}".encode()).hexdigest(), shard["file"], row["id"]))
-    chosen = sorted(ranked)[:n]
+
+    def ranked():
+        for shard in info["shards"]:
+            for row in iter_rows(fs.join(out_dir, *shard["file"].split("/")), columns=["id"]):
+                yield hashlib.sha256(f"{seed}:{row['id']}".encode()).hexdigest(), shard["file"], row["id"]
+
+    chosen = heapq.nsmallest(n, ranked())
     wanted = {(f, i) for _, f, i in chosen}
     rows = {}
     for file in sorted({f for _, f, _ in chosen}):
