@@ -76,20 +76,21 @@ def data_rate(shards: str, processor, batch_size: int, num_workers: int, batches
 
 
 def model_rate(model, batch: dict, device, amp_dtype, steps: int) -> tuple[float, float | None]:
+    """Optimizer steps/s on one batch kept on the device, with the training loop's own step (autocast,
+    fp16 GradScaler, clipping, AdamW); returns (samples/s, peak GPU memory in GiB or None)."""
     import torch
+
+    from train.loop import train_step
 
     inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     model.train()
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, [inputs], optimizer=opt, scaler=scaler, params=params, device=device,
+                   amp_dtype=amp_dtype, max_grad_norm=1.0)
 
     for _ in range(3):
         step()
@@ -124,9 +125,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     import torch
-    from transformers import Florence2ForConditionalGeneration
 
-    from train.model import apply_lora, freeze_vision, load_processor, resolve_amp_dtype, resolve_device
+    from train.model import apply_lora, freeze_vision, load_model, load_processor, resolve_amp_dtype, resolve_device
     from train.tiny import save_random_florence2
 
     device = resolve_device(args.device)
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
             print(f"data path ({size} processor, batch {args.batch_size}, {width}x{height} JPEGs, "
                   f"{args.num_workers} workers): {data_sps:.2f} samples/s")
             return
-        model = Florence2ForConditionalGeneration.from_pretrained(model_dir)
+        model = load_model(model_dir)
         if args.freeze_vision:
             freeze_vision(model)
         if args.lora:

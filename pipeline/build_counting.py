@@ -79,14 +79,16 @@ class CountingFn(beam.DoFn):
 
 def build_counting(*, coco: str, images: str, out: str, fmt: str, split: str, seed: int, dataset: str,
                    exclude: frozenset, max_pixels: int, num_shards: int | None, shard_size_mb: float,
-                   options, args: dict) -> None:
+                   options, args: dict, image_mode: str = "embed") -> None:
+    """`image_mode`: "embed" stores image bytes, "path" only file names relative to `images`."""
     start_output(out)
     with beam.Pipeline(options=options) as p:
         expanded = (p | "CocoFile" >> beam.Create([coco])
                     | "ExpandCoco" >> beam.ParDo(ExpandCoco()).with_outputs(REJECTS, main="images"))
         built = (expanded.images
                  | "Spread" >> beam.Reshuffle()
-                 | "Count" >> beam.ParDo(CountingFn(images, fmt, split, seed, dataset, exclude, max_pixels))
+                 | "Count" >> beam.ParDo(CountingFn(images, fmt, split, seed, dataset, exclude, max_pixels,
+                                                   image_mode))
                  .with_outputs(REJECTS, STATS, main="groups"))
         rejects = (expanded[REJECTS], built[REJECTS]) | "Rejects" >> beam.Flatten()
         _ = {"groups": built.groups, "rejects": rejects, "stats": built[STATS]} | WriteDataset(

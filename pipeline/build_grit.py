@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import click
+import pyarrow as pa
 
 from pipeline import fs
 from pipeline.options import check_dir, parse_tasks
@@ -40,6 +41,7 @@ from pipeline.readers.coco import REJECTS, STATS
 from pipeline.readers.refer import canonical_image_id
 from pipeline.sample import SAMPLE_DIR
 from pipeline.writer import Table, WriteDataset, grouped_outputs, start_output
+from transforms.codecs import find_special_tokens
 from transforms.grit import RowError, concept_key, entries, parse_grit_row, selection_rank
 from transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
 from transforms.images import ImageError, prepare_image
@@ -121,10 +123,11 @@ class ReadCaptionsFn(beam.DoFn):
 
     def process(self, element):
         try:
-            for what, value in self._rows(element):
-                yield _stat("captions_read")
-                yield value if what == "item" else beam.pvalue.TaggedOutput(REJECTS, value)
-        except (OSError, ValueError, csv.Error) as exc:  # UnicodeDecodeError and pyarrow's errors are ValueErrors
+            for kind, value in self._rows(element):
+                if kind != "annotation_reject":  # a bad box of the instances file is not a caption
+                    yield _stat("captions_read")
+                yield value if kind == "item" else beam.pvalue.TaggedOutput(REJECTS, value)
+        except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:  # ValueError: UnicodeDecodeError too
             where = element[0] if isinstance(element, tuple) else element
             yield _reject(where, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
 
@@ -143,7 +146,12 @@ class ReadCaptionsFn(beam.DoFn):
 
 
 def _json_file(path: str, *lists: str) -> dict:
-    data = json.loads(fs.read_bytes(path))
+    """A JSON object with the given list fields. Errors name the file: the reject's source is the captions
+    file even when the instances file is the bad one."""
+    try:
+        data = json.loads(fs.read_bytes(path))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise ValueError(f"{path}: expected a JSON object with {', '.join(repr(k) for k in lists)} lists")
     return data
@@ -156,8 +164,6 @@ class TextFn(beam.DoFn):
         self.exclude = exclude
 
     def process(self, item):
-        from transforms.codecs import find_special_tokens
-
         if self.exclude and canonical_image_id(item["image_id"]) in self.exclude:
             yield _stat("excluded_holdout_images")
             return
@@ -187,14 +193,19 @@ class PhrasesFn(beam.DoFn):
                "phrases": [c.text for c in phrases.chunks]}
 
 
-def _text_failures(failed_batch):
-    """RunInference's (batch, (exc_type, repr, traceback)) -> one `nlp_error` reject per caption."""
-    batch, error = failed_batch
-    if isinstance(error, BaseException):
-        detail = f"{type(error).__name__}: {error!r}"
-    else:
-        detail = f"{getattr(error[0], '__name__', error[0])}: {error[1]}"
-    return [reject(item["source"], "text", "nlp_error", detail) for item in batch]
+def text_stage(items, text: Text):
+    """spaCy noun chunks and expressions through RunInference -> (items with them, rejects, stats). Every
+    chunk's expression is kept here: contained ones are dropped after grounding (FilterFn)."""
+    from apache_beam.ml.inference.base import RunInference
+
+    from pipeline.detect import dlq_to_rejects
+    from pipeline.nlp import SpacyHandler
+
+    handler = SpacyHandler(text.spacy_model, batch_size=text.batch_size, abstract_nouns=text.abstract_nouns,
+                           drop_contained=False)
+    results, dlq = items | "Spacy" >> RunInference(handler).with_exception_handling()
+    phrased = results | "Phrases" >> beam.ParDo(PhrasesFn()).with_outputs(STATS, main="items")
+    return phrased.items, dlq_to_rejects(dlq, "TextRejects", stage="text"), phrased[STATS]
 
 
 # ---------------------------------------------------------------- concept balancing (LLaVA CC3M-595K)
@@ -323,12 +334,12 @@ def _ground_annotations(item):
 
 
 def _grounding_element(item):
-    """The detect.py element contract: id (reject source), image, width, height, texts, caption."""
-    return {**item, "id": item["source"], "texts": [c.text for c in item["chunks"]]}
+    """The detect.py element contract: source (for rejects), image, width, height, caption and the texts."""
+    return {**item, "texts": [c.text for c in item["chunks"]]}
 
 
 def _detections(result):
-    item = {k: v for k, v in result.example.items() if k not in ("id", "texts")}
+    item = {k: v for k, v in result.example.items() if k != "texts"}
     return {**item, "detections": result.inference}
 
 
@@ -478,32 +489,27 @@ class GritRowFn(_PairOutputs):
 def build_grit(*, source: Source, settings: Settings, text: Text, grounding: Grounding, balance: Balance | None,
                out: str, num_shards: int | None, shard_size_mb: float, options, args: dict, **recorded) -> None:
     """`recorded`: scalar descriptions of the inputs and options, only kept in dataset_info.json's args."""
-    from apache_beam.ml.inference.base import RunInference
-
-    from pipeline.nlp import SpacyHandler
     from schemas import arrow_schema_for
 
     start_output(out)
     with beam.Pipeline(options=options) as p:
         read = (p | "Inputs" >> beam.Create(list(source.files)) | "SpreadFiles" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(ReadCaptionsFn(source)).with_outputs(REJECTS, STATS, main="items"))
-        checked = (read.items | "SpreadItems" >> beam.Reshuffle()
-                   | "Text" >> beam.ParDo(TextFn(settings.exclude)).with_outputs(REJECTS, STATS, main="items"))
+        checked = read.items | "Text" >> beam.ParDo(TextFn(settings.exclude)).with_outputs(REJECTS, STATS, main="items")
         rejects, stats = [read[REJECTS], checked[REJECTS]], [read[STATS], checked[STATS]]
-        items = checked.items
+        items = checked.items | "SpreadItems" >> beam.Reshuffle()  # a file's items over all workers
         if source.kind != "grit20m":
-            handler = SpacyHandler(text.spacy_model, batch_size=text.batch_size, abstract_nouns=text.abstract_nouns,
-                                   drop_contained=False)
-            results, dlq = items | "Spacy" >> RunInference(handler).with_exception_handling()
-            rejects.append(dlq.failed_inferences | "TextFailures" >> beam.FlatMap(_text_failures))
-            phrased = results | "Phrases" >> beam.ParDo(PhrasesFn()).with_outputs(STATS, main="items")
-            items, stats = phrased.items, stats + [phrased[STATS]]
+            items, text_rejects, text_stats = text_stage(items, text)
+            rejects.append(text_rejects)
+            stats.append(text_stats)
         if balance is not None:
             balanced = items | "Balance" >> BalanceConcepts(balance)
-            items, stats = balanced["items"], stats + [balanced["stats"]]
+            items = balanced["items"]
+            stats.append(balanced["stats"])
         loaded = items | "LoadImages" >> beam.ParDo(LoadImageFn(source.images, settings.max_pixels)).with_outputs(
             REJECTS, STATS, main="items")
-        rejects, stats = rejects + [loaded[REJECTS]], stats + [loaded[STATS]]
+        rejects.append(loaded[REJECTS])
+        stats.append(loaded[STATS])
         if source.kind == "grit20m":
             built = loaded.items | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(
                 REJECTS, STATS, ANNOTATIONS, main="groups")

@@ -14,6 +14,7 @@ import click
 from pipeline import fs
 from pipeline.shards import iter_rows, load_info
 from schemas import record_arrow_schema, record_errors, reject_arrow_schema
+from transforms.paths import safe_join
 
 MAX_LISTED = 50
 
@@ -151,7 +152,7 @@ def preview_html(rows: list[dict], title: str, image_root: str | None) -> str:
     for row in rows:
         data = (row.get("image") or {}).get("bytes")
         if data is None and image_root and row["image"].get("path"):
-            data = fs.read_bytes(fs.join(image_root, row["image"]["path"]))
+            data = fs.read_bytes(safe_join(image_root, row["image"]["path"]))  # PathError if it escapes
         img = (f'<img src="data:image/jpeg;base64,{base64.b64encode(draw_boxes(data, row["objects"])).decode()}">'
                if data else "<p>(image not embedded; pass --image-root)</p>")
         cards.append(f"""<div class="card">{img}

@@ -106,9 +106,11 @@ def summary_text(info: dict) -> str:
               help="Image directory that file_name resolves in (default: next to --coco / the sample).")
 @click.option("--split", default="train", show_default=True, help="Split name of the records.")
 @click.option("--dataset", "dataset_name", default="counting", show_default=True)
+@click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,
+              help="Embed image bytes, or keep only file names relative to --images (very large sets).")
 @output_options
 @click.pass_context
-def build_counting_cmd(ctx, coco, images, split, dataset_name, out, fmt, num_shards, shard_size_mb, seed,
+def build_counting_cmd(ctx, coco, images, split, dataset_name, image_mode, out, fmt, num_shards, shard_size_mb, seed,
                        exclude_images, max_pixels):
     """Counting questions: one `counting` record (JSON of all class counts) and one `count_class` record per class
     per image, from COCO boxes."""
@@ -120,7 +122,7 @@ def build_counting_cmd(ctx, coco, images, split, dataset_name, out, fmt, num_sha
         images = os.path.dirname(os.path.abspath(coco))
     run_builder(build_counting, out, ctx.args, coco=coco, images=images, fmt=fmt, split=split, seed=seed,
                 dataset=dataset_name, exclude=read_id_file(exclude_images), max_pixels=max_pixels,
-                num_shards=num_shards, shard_size_mb=shard_size_mb)
+                num_shards=num_shards, shard_size_mb=shard_size_mb, image_mode=image_mode)
 
 
 def _register() -> None:

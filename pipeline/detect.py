@@ -1,6 +1,6 @@
 """GPU grounding stage: zero-shot detectors and Florence-2 as Beam RunInference model handlers.
 
-Element contract (dict, or `GroundingInput`): `id` (source key for rejects), `image` (encoded bytes, a
+Element contract (dict, or `GroundingInput`): `id` or `source` (source key for rejects), `image` (encoded bytes, a
 Hugging Face `{"bytes", "path"}` dict, or a PIL image), `width`/`height` (display size, checked against the
 decoded image when given), `texts` (the image's noun-chunk texts, in chunk order) and, for Florence-2,
 `caption`. Other keys pass through untouched: each output is `PredictionResult(example=<the element as
@@ -11,7 +11,8 @@ batching, so with `RunInference(handler).with_exception_handling()` a bad image 
 in `dlq.failed_preprocessing[0]` as `(element, (exc_type, repr, traceback))`, and the rest of its batch is
 still grounded. An error inside the batched forward (out of memory, ...) fails the whole batch into
 `dlq.failed_inferences` as `(batch, error)`. `failed_to_reject`, `failed_batch_to_rejects` and
-`dlq_to_rejects` turn both into reject rows with stage "ground".
+`dlq_to_rejects` turn both into reject rows with stage "ground" (or the stage given: the GRIT text stage
+uses them for its spaCy handler too).
 
 Thresholds. The handler keeps every box the post-processor yields above `min_score` (default 0.0, i.e.
 all of them); the Kosmos-2 filters (score > 0.65, NMS, sizes) are `transforms.grounding.filter_detections`,
@@ -97,7 +98,7 @@ def source_of(element) -> str:
     """Reject `source` of an element (original or prepared)."""
     if isinstance(element, Prepared):
         element = element.example
-    for name in ("id", "key", "image_id"):
+    for name in ("id", "source", "key", "image_id"):
         value = _field(element, name)
         if value is not None:
             return str(value)
@@ -196,14 +197,14 @@ def failed_batch_to_rejects(failed_batch, stage: str = STAGE) -> list[dict]:
     return [failed_to_reject((element, error), stage) for element in batch]
 
 
-def dlq_to_rejects(dlq, label: str = "GroundRejects"):
+def dlq_to_rejects(dlq, label: str = "GroundRejects", stage: str = STAGE):
     """All reject rows of a `RunInferenceDLQ` as one PCollection."""
     import apache_beam as beam
 
-    parts = [bad | f"{label}Pre{i}" >> beam.Map(failed_to_reject)
+    parts = [bad | f"{label}Pre{i}" >> beam.Map(failed_to_reject, stage)
              for i, bad in enumerate(dlq.failed_preprocessing)]
-    parts.append(dlq.failed_inferences | f"{label}Batch" >> beam.FlatMap(failed_batch_to_rejects))
-    parts += [bad | f"{label}Post{i}" >> beam.Map(failed_to_reject)
+    parts.append(dlq.failed_inferences | f"{label}Batch" >> beam.FlatMap(failed_batch_to_rejects, stage))
+    parts += [bad | f"{label}Post{i}" >> beam.Map(failed_to_reject, stage)
               for i, bad in enumerate(dlq.failed_postprocessing)]
     return parts | f"{label}Flatten" >> beam.Flatten()
 
@@ -406,7 +407,6 @@ class _GroundingHandler(ModelHandler):
         self._batch_size = batch_size
         self._trust_remote_code = bool(trust_remote_code)
         self._share = share_across_processes
-        self._model_copies = model_copies
 
     @property
     def model_id(self) -> str:
@@ -433,9 +433,6 @@ class _GroundingHandler(ModelHandler):
 
     def prepare(self, element) -> Prepared:
         return prepare(element, need_caption=self.needs_caption)
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
     def get_num_bytes(self, batch: Sequence[Prepared]) -> int:
         return sum(p.num_bytes + sum(len(t.encode()) for t in p.texts) for p in batch)

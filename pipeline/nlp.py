@@ -7,7 +7,7 @@ or dicts with a `caption` key (passed through untouched); each output is
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -21,7 +21,12 @@ def caption_of(element) -> str:
 class SpacyHandler(ModelHandler):
     """RunInference handler: caption -> `Phrases` (chunks minus abstract nouns, pronouns and stop-word-only
     chunks; with `drop_contained`, only expressions not contained in another; without it, every chunk's
-    expression, so a caller can drop contained ones after grounding, among the grounded chunks only)."""
+    expression, so a caller can drop contained ones after grounding, among the grounded chunks only).
+
+    Batches hold `batch_size` captions (min = max batch size for Beam's BatchElements; a bundle's last batch
+    may be smaller), and each batch is one `nlp.pipe` call.
+    The model is not shared across processes (Beam's default): a CPU model copy per process is cheaper than
+    a cross-process proxy."""
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 256,
                  abstract_nouns: Iterable[str] = ABSTRACT_NOUNS, drop_contained: bool = True):
@@ -46,17 +51,11 @@ class SpacyHandler(ModelHandler):
                                abstract_nouns=self._abstract, drop_contained=self._drop_contained)
         return [PredictionResult(e, p, self._model) for e, p in zip(batch, phrases)]
 
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
-
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(len(caption_of(e).encode()) for e in batch)
 
     def get_metrics_namespace(self) -> str:
         return "groundforge_spacy"
-
-    def share_model_across_processes(self) -> bool:
-        return False  # CPU model: a copy per process is cheaper than a cross-process proxy
 
     def __repr__(self) -> str:
         return f"SpacyHandler(model={self._model!r}, batch_size={self._batch_size})"

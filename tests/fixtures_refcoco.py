@@ -38,7 +38,7 @@ def jpeg_bytes(width: int, height: int, color=(200, 30, 30), orientation: int | 
 
 def write_images(images_dir: str) -> None:
     os.makedirs(images_dir, exist_ok=True)
-    for image_id, (name, w, h) in IMAGES.items():
+    for name, w, h in IMAGES.values():
         with open(os.path.join(images_dir, name), "wb") as f:
             f.write(jpeg_bytes(w, h))
 

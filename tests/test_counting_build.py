@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+from pipeline.readers.coco import image_items, load_image
 from tests.conftest import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
-from transforms.counting import categories_from_coco
+from transforms.counting import categories_from_coco, count_image
+from transforms.images import ImageError
 
 
 def build(tmp_path, coco, extra=(), out_name="out", expect_exit=0):
@@ -114,6 +116,71 @@ def test_every_bad_input_is_a_reject_with_reason(tmp_path):
     assert "rejected: 9" in result.output
 
 
+def test_malformed_entries_are_rejects_not_losses_or_crashes():
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 8},
+                   {"id": 1, "file_name": "again.jpg", "width": 10, "height": 8},   # the same id again
+                   {"id": 2, "file_name": "b.jpg", "width": "10", "height": 8},
+                   {"id": 3, "file_name": 7, "width": 10, "height": 8},
+                   {"id": [4], "file_name": "d.jpg", "width": 10, "height": 8},
+                   {"id": 5, "file_name": "e.jpg", "width": 10.0, "height": 8},      # an integral float is fine
+                   "junk"],
+        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]},
+                        ["not", "an", "object"],
+                        {"id": 11, "image_id": [1], "category_id": 1, "bbox": [1, 1, 2, 2]}],
+        "categories": [{"id": 1, "name": "dog", "supercategory": "animal"}],
+    }
+    out = list(image_items(coco, "c.json"))
+    assert [(v["source"], v["reason"]) for k, v in out if k == "reject"] == [
+        ("c.json:annotation#1", "bad_row"), ("c.json:image:1", "duplicate_image_id"), ("c.json:image:2", "bad_size"),
+        ("c.json:image:3", "missing_field"), ("c.json:image:[4]", "bad_id"), ("c.json:image:'junk'", "bad_row"),
+        ("annotation:11", "unknown_image")]
+    assert [(v["image"]["file_name"], len(v["annotations"])) for k, v in out if k == "image"] == [("a.jpg", 1),
+                                                                                                  ("e.jpg", 0)]
+
+
+@pytest.mark.parametrize("categories, detail", [
+    ([{"id": 1, "name": "dog"}, {"id": 2, "name": "dog"}], "ValueError: duplicate category names: ['dog']"),
+    ([{"id": 1}], "KeyError: 'name'"),
+    (["dog"], "AttributeError: 'str' object has no attribute 'get'"),
+])
+def test_unusable_categories_reject_the_file(categories, detail):
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 8}], "categories": categories}
+    assert list(image_items(coco, "c.json")) == [
+        ("reject", {"source": "c.json", "stage": "read", "reason": "bad_categories", "detail": detail})]
+
+
+def test_unhashable_category_id_is_unknown_category():
+    anns = [{"id": 5, "category_id": [1], "bbox": [0, 0, 1, 1]}]
+    cats = categories_from_coco([{"id": 1, "name": "dog", "supercategory": "animal"}], anns)
+    counts = count_image(anns, cats, 10, 10)
+    assert [(r["source"], r["reason"]) for r in counts.rejects] == [("annotation:5", "unknown_category")]
+    assert counts.counts == {"dog": 0}
+
+
+def test_unreadable_image_file_is_an_image_error(tmp_path):
+    (tmp_path / "a_dir.jpg").mkdir()
+    with pytest.raises(ImageError) as err:
+        load_image(str(tmp_path), "a_dir.jpg")
+    assert (err.value.reason, err.value.detail) == ("unreadable_image", f"{tmp_path}/a_dir.jpg: IsADirectoryError")
+
+
+def test_image_mode_path(tmp_path):
+    from pipeline.build_counting import build_counting
+    from pipeline.options import pipeline_options
+
+    coco = write_coco(tmp_path, [{"id": 1, "file_name": "sub/a.jpg", "width": 20, "height": 10}],
+                      [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}])
+    out = tmp_path / "out"
+    build_counting(coco=str(coco), images=str(tmp_path / "images"), out=str(out), fmt="florence2", split="train",
+                   seed=0, dataset="counting", exclude=frozenset(), max_pixels=10**6, num_shards=1,
+                   shard_size_mb=1, options=pipeline_options(FAST_BEAM), args={}, image_mode="path")
+    rows = read_rows(out)
+    assert len(rows) == 3 and {r["task"] for r in rows} == {"counting", "count_class"}
+    assert all(r["image"] == {"bytes": None, "path": "sub/a.jpg"} for r in rows)
+    assert {r["image_sha256"] for r in rows} == {hashlib.sha256(jpeg_bytes(20, 10)).hexdigest()}
+
+
 def test_malformed_json_is_a_reject_and_fails_the_run(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [ {"id": 1,')
@@ -163,7 +230,8 @@ def test_sample_loads_with_datasets_and_renders(tmp_path):
     info = json.loads((out / "dataset_info.json").read_text())
     assert len(ds) == info["rows"] == 50 * 8 + 49 - 1  # 8 classes + counting per image; crowd in the last image
     assert isinstance(ds[0]["image"], PILImage)
-    assert ds[0]["objects"][0].keys() >= {"label", "bbox", "score", "span"} if ds[0]["objects"] else True
+    first_object = next(objs[0] for objs in ds.select_columns(["objects"])["objects"] if objs)
+    assert set(first_object) == {"label", "bbox", "score", "span"} and first_object["score"] == 1.0
 
     k2 = tmp_path / "k2"
     run_cli(["render", "--in", out, "--format", "qwen2vl", "--out", k2, *FAST_BEAM])

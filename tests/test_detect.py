@@ -306,6 +306,21 @@ def test_failed_to_reject_shapes():
     assert other == {"source": "k", "stage": "ground", "reason": "inference_error", "detail": "KeyError: KeyError('x')"}
 
 
+def test_rejects_take_the_item_source_and_the_given_stage():
+    """The GRIT pipeline's items carry `source` (no `id`), and its text stage reuses these helpers."""
+    from pipeline.detect import GroundingError, failed_batch_to_rejects, failed_to_reject
+
+    item = {"source": "caps.csv#3", "key": "x.jpg\x1fa dog", "image_id": "x.jpg"}
+    err = GroundingError("undecodable_image", "cannot identify")
+    assert failed_to_reject((item, err)) == {"source": "caps.csv#3", "stage": "ground",
+                                             "reason": "undecodable_image", "detail": "cannot identify"}
+    assert failed_to_reject(({"id": "i", **item}, err))["source"] == "i"
+    crash = (RuntimeError, "RuntimeError('parser crashed')", [])
+    assert failed_batch_to_rejects(([item], crash), stage="text") == [
+        {"source": "caps.csv#3", "stage": "text", "reason": "inference_error",
+         "detail": "RuntimeError: RuntimeError('parser crashed')"}]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the real model
 
@@ -327,8 +342,12 @@ def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
     loaded = DetectorHandler(str(owl_dir), device="auto", dtype="float16").load_model()
     assert sorted(seen) == [("AutoModelForZeroShotObjectDetection", str(owl_dir), False),
                             ("AutoProcessor", str(owl_dir), False)]
-    assert loaded.family == "owl" and loaded.device == "cpu"
-    assert str(loaded.dtype) == "torch.float32"  # float16 asked for, float32 forced on CPU
+    import torch
+
+    on_gpu = torch.cuda.is_available()  # "auto" picks the GPU where there is one
+    assert loaded.family == "owl" and loaded.device == ("cuda" if on_gpu else "cpu")
+    # float16 asked for: kept on a GPU, float32 forced on CPU
+    assert str(loaded.dtype) == ("torch.float16" if on_gpu else "torch.float32")
     assert type(loaded.model).__name__ == "Owlv2ForObjectDetection"
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FAST_BEAM, jpeg_bytes, read_rows, run_cli
+from tests.conftest import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
 
 SAMPLE_W, SAMPLE_H = 320, 240
 
@@ -331,6 +331,101 @@ def test_webdataset_shards_end_to_end(owl, tmp_path):
                                (str(s1), "read", "unreadable_file")]
 
 
+def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
+    """An oversized member rejects its sample once (not the member and then the sample's missing image); a
+    shard that breaks off inside a sample ends with the file reject only, not a half-read sample."""
+    from pipeline.readers import captions
+
+    monkeypatch.setattr(captions, "MAX_MEMBER_BYTES", 1000)
+    shard = tar_bytes([("a.jpg", b"x" * 2000), ("a.txt", b"a dog"), ("b.jpg", b"y" * 10), ("b.txt", b"a cat")])
+    # headers and data are padded to 512 bytes: a.jpg 0-2560, a.txt 2560-3584, b.jpg 3584-4608, b.txt from 4608
+    (tmp_path / "whole.tar").write_bytes(shard)
+    (tmp_path / "cut.tar").write_bytes(shard[:5122])  # inside b.txt's data: b.jpg was read, its caption not
+    whole = list(captions.read_webdataset(str(tmp_path / "whole.tar")))
+    assert [kind for kind, _ in whole] == ["reject", "item"]
+    assert whole[0][1] == {"source": f"{tmp_path / 'whole.tar'}#a", "stage": "read", "reason": "member_too_large",
+                           "detail": "a.jpg: 2000 bytes"}
+    assert (whole[1][1]["caption"], whole[1][1]["image_bytes"]) == ("a cat", b"y" * 10)
+    cut = list(captions.read_webdataset(str(tmp_path / "cut.tar")))
+    assert [(kind, row["source"], row["reason"]) for kind, row in cut] == [
+        ("reject", f"{tmp_path / 'cut.tar'}#a", "member_too_large"),
+        ("reject", str(tmp_path / "cut.tar"), "unreadable_file")]
+
+
+def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp_path):
+    """A malformed instances box is one `annotation` reject (it used to fail the whole captions file, or the
+    run); captions without an id get distinct keys (they used to share one record id)."""
+    from pipeline.build_grit import ReadCaptionsFn, Source
+    from pipeline.readers.coco import REJECTS, STATS
+
+    instances = {"categories": [{"id": 1, "name": "dog"}], "annotations": [
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 30], "iscrowd": 0},
+        {"id": 11, "image_id": 1, "category_id": 1, "bbox": ["a", 1, 2, 3], "iscrowd": 0},
+        {"id": 12, "image_id": 1, "category_id": 1, "bbox": None, "iscrowd": 0},
+        {"id": 13, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5], "iscrowd": 0},
+        {"id": 14, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 1}]}  # crowd: not an object
+    caps = {"images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}], "annotations": [
+        {"image_id": 1, "caption": "a dog"}, {"image_id": 1, "caption": "a brown dog"}, {"image_id": 1}]}
+    (tmp_path / "i.json").write_text(json.dumps(instances))
+    (tmp_path / "c.json").write_text(json.dumps(caps))
+    fn = ReadCaptionsFn(Source("coco", (), None))
+    out = {"items": [], REJECTS: [], STATS: []}
+    for value in fn.process((str(tmp_path / "c.json"), str(tmp_path / "i.json"))):
+        tag = getattr(value, "tag", "items")
+        out[tag].append(getattr(value, "value", value))
+    assert [(r["source"], r["stage"], r["reason"], r["detail"]) for r in out[REJECTS]] == [
+        ("annotation:11", "annotation", "bad_box", "bbox=['a', 1, 2, 3]"),
+        ("annotation:12", "annotation", "bad_box", "bbox=None"),
+        ("annotation:13", "annotation", "unknown_category", "category_id=9"),
+        (f"{tmp_path / 'c.json'}#2", "read", "missing_field", "caption annotation without a caption")]
+    assert out[STATS] == [("captions_read", 1)] * 3  # the instance boxes are not captions
+    assert [(it["source"], it["key"], it["annotations"]) for it in out["items"]] == [
+        ("caption:#0:1.jpg", "coco:#0\x1f1", [("dog", [4.0, 4.0, 24.0, 34.0])]),
+        ("caption:#1:1.jpg", "coco:#1\x1f1", [("dog", [4.0, 4.0, 24.0, 34.0])])]
+    (tmp_path / "i.json").write_text("{not json")  # the reject names the instances file, not only the captions
+    [bad] = fn.process((str(tmp_path / "c.json"), str(tmp_path / "i.json")))
+    assert (bad.value["source"], bad.value["reason"], bad.value["detail"]) == (
+        str(tmp_path / "c.json"), "unreadable_file", f"ValueError: {tmp_path / 'i.json'}: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)")
+
+
+def test_text_stage_failures_become_text_rejects(tmp_path, monkeypatch):
+    """A spaCy batch that raises becomes one `text` reject per caption (RunInference's dead letters, through
+    pipeline.detect.dlq_to_rejects); the other batches go on to records."""
+    from pipeline.nlp import SpacyHandler
+
+    original = SpacyHandler.run_inference
+
+    def flaky(self, batch, model, inference_args=None):
+        if any("exploding" in item["caption"] for item in batch):
+            raise RuntimeError("parser crashed")
+        return original(self, batch, model, inference_args)
+
+    monkeypatch.setattr(SpacyHandler, "run_inference", flaky)  # in-memory runner: same process
+    images = [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}]
+    instances = write_coco(tmp_path, [dict(i) for i in images],
+                           [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 30], "iscrowd": 0}])
+    (tmp_path / "c.json").write_text(json.dumps({"images": images, "annotations": [
+        {"id": 1, "image_id": 1, "caption": "a dog on the grass"},
+        {"id": 2, "image_id": 1, "caption": "an exploding dog"}]}))
+    out, _ = build(tmp_path, ["--coco-captions", tmp_path / "c.json", "--coco-instances", instances, "--images",
+                              tmp_path / "images", "--spacy-batch-size", "1", "--tasks", "grounded_caption"])
+    assert [(r["source"], r["stage"], r["reason"], r["detail"]) for r in read_rows(out, "rejects")] == [
+        ("caption:2:1.jpg", "text", "inference_error", "RuntimeError: RuntimeError('parser crashed')")]
+    assert [r["caption"] for r in read_rows(out)] == ["a dog on the grass"]
+
+
+def test_parquet_tables_read_only_the_needed_columns(tmp_path):
+    from pipeline.readers.captions import iter_table_rows, read_caption_table
+
+    row = {"caption": "a dog", "image": "x.jpg", "url": "https://x", "clip_embedding": [0.5] * 8}
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "c.parquet")
+    assert list(iter_table_rows(str(tmp_path / "c.parquet"), ["image", "caption", "absent"])) == [
+        {"caption": "a dog", "image": "x.jpg"}]
+    [(_, item)] = read_caption_table(str(tmp_path / "c.parquet"), caption_column="caption", image_column="image")
+    assert (item["caption"], item["file_name"], item["meta"]) == ("a dog", "x.jpg", {"url": "https://x"})
+
+
 def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
     from pipeline.readers.captions import InputError, check_caption_columns, read_caption_table
 
@@ -431,7 +526,6 @@ def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
 
 def test_balance_concepts_matches_the_reference_selection(tmp_path):
     from pipeline.readers.captions import read_coco_captions
-    from tests.conftest import write_coco
     from transforms.grit import balance_concepts
     from transforms.nounphrases import extract, load_spacy
 

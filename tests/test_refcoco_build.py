@@ -199,6 +199,24 @@ def test_embedded_size_mismatch_box_and_control_tokens(tmp_path):
     assert info_of(out)["stats"]["images_read"] == 1  # four refs on one image: read and checked once
 
 
+def test_corrupt_parquet_file_is_one_reject_or_a_clear_error(tmp_path):
+    data = tmp_path / "lmms"
+    fx.write_lmms_parquet(str(data / "val-00000-of-00001.parquet"))
+    (data / "testA-00000-of-00001.parquet").write_bytes(b"PAR1 truncated")  # sorts first
+    out, _ = build(tmp_path, ["--parquet", data / "*.parquet", "--input-layout", "lmms"])
+    assert split_tasks(out) == {"val": {"rec": 3, "reg": 3}}  # the good file's rows are kept
+    assert rejects_of(out) == [(f"{data}/testA-00000-of-00001.parquet", "read", "unreadable_file"),
+                               ("row=2", "image", "missing_image"),  # a path row, and no --images
+                               ("row=3", "read", "no_sentences"), ("row=4", "read", "bad_bbox"),
+                               ("row=5", "read", "missing_field")]
+    # auto-detection reads the first file's columns in the driver: a clear one-line error there
+    out, result = build(tmp_path, ["--parquet", data / "*.parquet"], name="auto", expect_exit=1)
+    assert result.output.startswith(f"Error: {data}/testA-00000-of-00001.parquet: not a readable Parquet file "
+                                    "(ArrowInvalid: ")  # the rest is pyarrow's wording
+    assert result.output.count("\n") == 1
+    assert not out.exists()
+
+
 def test_image_mode_path_tasks_and_exclude(tmp_path):
     refer_dir, images = fx.write_refer(str(tmp_path))
     ids = tmp_path / "exclude.txt"
@@ -267,6 +285,7 @@ def test_sample_build(sample_out):
     info = info_of(out)
     assert info["stats"]["refs_read"] == 123 and info["stats"]["images_read"] == 50
     assert info["rejects"]["rows"] == 0
+    assert "read: images 50, refs 123" in result.output and "rejected: 0" in result.output
     assert {s: sum(t.values()) for s, t in split_tasks(out).items()} == {
         "train": 368, "val": 42, "testA": 72, "testB": 44}
     assert holdout(out) == [str(i) for i in range(135, 150)]

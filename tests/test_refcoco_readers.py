@@ -14,6 +14,7 @@ import pytest
 from pipeline.readers.refcoco_parquet import (
     detect_file_layout,
     detect_layout,
+    file_columns,
     input_files,
     jxu124_row_to_item,
     lmms_row_to_item,
@@ -145,6 +146,46 @@ def test_codecs_encode_only_latin1(tmp_path):
     rot13 = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
     with pytest.raises(UnsafePickleError, match=r"_codecs\.encode other than \(str, 'latin1'\)"):
         safe_load_pickle(io.BytesIO(rot13))
+
+
+def _admitted_state_pickles() -> list[tuple[str, bytes]]:
+    """Pickles that only use the admitted `_codecs.encode`, but not as a call with checked arguments."""
+    defaults = (b"N}X\x0c\x00\x00\x00__defaults__X\x04\x00\x00\x00evilX\x06\x00\x00\x00latin1\x86s\x86b")
+    return [
+        # the helper itself as the result: an object other than plain data
+        ("refusing to unpickle _codecs.encode as a value", b"\x80\x02c_codecs\nencode\n."),
+        ("refusing to unpickle _codecs.encode as a value", b"\x80\x02]c_codecs\nencode\na."),
+        # BUILD with slot state: setattr(helper, "__defaults__", ("evil", "latin1")), then a bare call
+        ("refusing to unpickle state for _codecs.encode",
+         b"\x80\x02c_codecs\nencode\n" + defaults + b"0c_codecs\nencode\n)R."),
+        # BUILD with a dict state: helper.__dict__.update(...)
+        ("refusing to unpickle state for _codecs.encode", b"\x80\x02c_codecs\nencode\n}X\x01\x00\x00\x00aK\x01sb0N."),
+        # no global at all: protocol 5 READONLY_BUFFER turns a bytearray into a memoryview
+        ("refusing to unpickle a builtins.memoryview as a value", b"\x80\x05\x96\x03\x00\x00\x00\x00\x00\x00\x00abc\x98."),
+    ]
+
+
+def test_admitted_globals_never_leak_or_change_state():
+    for message, data in _admitted_state_pickles():
+        with pytest.raises(UnsafePickleError) as err:
+            safe_load_pickle(io.BytesIO(data))
+        assert str(err.value) == f"<pickle data>: {message}: only plain containers and scalars are allowed"
+    # no load above changed what `_codecs.encode` does for the next pickle
+    assert safe_load_pickle(io.BytesIO(pickle.dumps([b"\xffok"], protocol=2))) == [b"\xffok"]
+    with pytest.raises(UnsafePickleError, match=r"_codecs\.encode other than \(str, 'latin1'\)"):
+        safe_load_pickle(io.BytesIO(b"\x80\x02c_codecs\nencode\n)R."))
+
+
+def test_shared_and_cyclic_plain_data_loads():
+    shared = ["x"]
+    deep = shared
+    for _ in range(64):  # 2**64 paths through the structure: the plain-data check must visit each list once
+        deep = [deep, deep]
+    cyclic = {"self": []}
+    cyclic["self"].append(cyclic)
+    assert safe_load_pickle(io.BytesIO(pickle.dumps(deep, protocol=2)))[0][1][0][0] is not None
+    loaded = safe_load_pickle(io.BytesIO(pickle.dumps(cyclic, protocol=4)))
+    assert loaded["self"][0] is loaded
 
 
 def test_plain_data_round_trips_all_protocols():
@@ -351,6 +392,27 @@ def test_jsonl_bad_line_rejected(tmp_path):
                                     "'{not json'"}
     assert results[7]["reason"] == "bad_row"
     assert {r["dataset"] for r in results if not r.get("reject")} == {"refcocog"}
+
+
+def test_jsonl_line_not_utf8_rejected(tmp_path):
+    path = tmp_path / "r.jsonl"
+    bad = b'{"ref_id": 1, "sentences": ["caf\xe9"]}'  # latin-1, not UTF-8
+    path.write_bytes("\ufeff".encode() + json.dumps(fx.jxu124_rows()[1]).encode() + b"\n" + bad + b"\n")
+    results = list(read_refcoco_file(str(path), dataset="refcoco", layout="jxu124"))
+    assert [r.get("reason", r.get("ref_id")) for r in results] == ["11", "bad_json"]  # BOM line read too
+    assert results[1]["detail"] == ("'utf-8' codec can't decode byte 0xe9 in position 32: invalid continuation "
+                                    "byte: '{\"ref_id\": 1, \"sentences\": [\"caf\ufffd\"]}'")
+
+
+def test_corrupt_parquet_is_reader_error(tmp_path):
+    good = fx.write_lmms_parquet(str(tmp_path / "val-00000-of-00001.parquet"))
+    for name, data in [("junk.parquet", b"not parquet at all"),
+                       ("cut.parquet", pathlib.Path(good).read_bytes()[:-200])]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        for read in (lambda p: file_columns(p), lambda p: list(read_refcoco_file(p, dataset="refcoco", split="val"))):
+            with pytest.raises(ReaderError, match=rf"^{re.escape(str(path))}: not a readable Parquet file \("):
+                read(str(path))
 
 
 def test_json_object_file_is_config_error(tmp_path):

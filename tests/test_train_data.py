@@ -190,3 +190,80 @@ def test_wrong_format_is_a_clear_error(tmp_path):
     ds = ShardStream(list_units(discover([str(tmp_path / "k.parquet")])), epochs=1)
     with pytest.raises(ValueError, match="rendered for format 'kosmos2'"):
         list(ds.iter_slot(0, 1))
+
+
+def _broken(record: dict) -> dict:
+    record["image"] = {"bytes": b"not an image", "path": None}
+    return record
+
+
+def test_a_mixed_source_with_fewer_row_groups_than_slots_reaches_every_slot(tmp_path):
+    """`a` has one row group, `b` four; with 4 loader slots every slot must still draw `a` at its weight
+    (dealing `a` to one slot only would make the overall share of `a` 1/8 instead of 1/2)."""
+    from train.data import ShardStream, discover, list_units
+
+    write_shard(str(tmp_path / "a" / "a.parquet"), [make_record(i, dataset="a") for i in range(3)])
+    write_shard(str(tmp_path / "b" / "b.parquet"), [make_record(i, dataset="b") for i in range(8)], 2)
+    sources = list_units(discover([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"]))
+    assert [len(sources["a"]), len(sources["b"])] == [1, 4]
+    ds = ShardStream(sources, weights={"a": 1.0, "b": 1.0}, decode_images=False, seed=1, columns=("id", "dataset"))
+    for slot in range(4):
+        stream = ds.iter_slot(slot, 4)
+        share = Counter(next(stream)["dataset"] for _ in range(400))["a"] / 400
+        assert 0.4 < share < 0.6, (slot, share)
+
+
+def test_a_file_in_two_sources_is_read_by_both(tmp_path):
+    """Row-group caches are per source: the same file named twice is read twice, not half-consumed."""
+    from train.data import ShardStream, discover, list_units
+
+    path = write_shard(str(tmp_path / "x.parquet"), [make_record(i) for i in range(6)])
+    sources = list_units(discover([f"a={path}", f"b={path}"]))
+    for weights in (None, {"a": 1.0, "b": 1.0}):
+        ds = ShardStream(sources, weights=weights, epochs=1, shuffle_buffer=12, decode_images=False,
+                         columns=("id",))
+        counts = Counter(_ids(ds.iter_slot(0, 1)))
+        assert len(counts) == 6 and set(counts.values()) == {2}, weights
+
+
+def test_skips_reach_the_main_process_through_the_loader(tmp_path):
+    """A record skipped in a DataLoader worker is counted in the batches: on the next sample of its slot,
+    or on a tail marker when it is the last one (the collator drops the marker)."""
+    from torch.utils.data import DataLoader
+
+    from train.collate import Florence2Collator
+    from train.data import ShardStream, discover, list_units
+    from train.tiny import build_processor
+
+    write_shard(str(tmp_path / "s" / "a.parquet"), [make_record(0), _broken(make_record(1))])
+    write_shard(str(tmp_path / "s" / "b.parquet"), [make_record(2), _broken(make_record(3)), make_record(4)])
+    ds = ShardStream(list_units(discover([str(tmp_path / "s")])), epochs=1, shuffle=False)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=Florence2Collator(build_processor()))
+    batches = list(loader)
+    # workers alternate: 0 [rec 0], 1 [rec 2], 0 [tail marker], 1 [rec 4, with the skip of rec 3]
+    assert [b["ids"] for b in batches] == [[make_record(i)["id"]] for i in (0, 2)] + [[], [make_record(4)["id"]]]
+    assert [b["inputs"] is None for b in batches] == [False, False, True, False]
+    bad = {"UnidentifiedImageError": 1}
+    assert [b["skipped"] for b in batches] == [{}, {}, bad, bad]
+
+
+def test_an_endless_stream_of_unreadable_images_fails_instead_of_hanging(tmp_path):
+    from train.data import ShardStream, discover, list_units
+
+    path = write_shard(str(tmp_path / "bad.parquet"), [_broken(make_record(i)) for i in range(2)])
+    ds = ShardStream(list_units(discover([path])))           # epochs=None: streams forever
+    with pytest.raises(RuntimeError, match="none of its 2 records has a readable image"):
+        next(ds.iter_slot(0, 1))
+    assert ds.skipped == {"UnidentifiedImageError": 3}
+
+
+def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.data import ShardStream, discover, list_units
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["t"]}), str(tmp_path / "other.parquet"))
+    ds = ShardStream(list_units(discover([str(tmp_path / "other.parquet")])), epochs=1)
+    with pytest.raises(ValueError, match="no column task, format, prompt, target, image, width, height"):
+        list(ds.iter_slot(0, 1))

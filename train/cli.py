@@ -84,10 +84,9 @@ def train_command(**kw):
         raise click.UsageError("--eval-every needs --eval-shards")
     kw["shards"] = list(kw["shards"])
     kw["eval_shards"] = list(kw["eval_shards"])
-    eval_num_beams = kw.pop("eval_num_beams")
     _setup_logging()
     try:
-        summary = train(TrainConfig(**kw, eval_num_beams=eval_num_beams))
+        summary = train(TrainConfig(**kw))
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     if "final" in summary:

@@ -1,6 +1,10 @@
 """Batch records for Florence-2: processor for images and prompts, tokenizer for targets."""
 from __future__ import annotations
 
+from collections import Counter
+
+from train.data import TAIL
+
 IGNORE_INDEX = -100
 
 
@@ -11,6 +15,13 @@ class Florence2Collator:
     start token), with padding set to -100 so it is ignored by the loss. Targets longer than
     `max_target_length` tokens are truncated; so are encoder inputs (image tokens first, then the prompt)
     longer than `max_source_length`. `with_labels=False` batches prompts only (generation).
+
+    The batch also carries `skipped` ({reason: n}, records the stream skipped before these samples) and the
+    resume position (`slot`, `pos`) of its last sample. A batch of only a stream's tail marker has
+    `inputs` None.
+
+    Florence-2 builds its decoder inputs from the labels (shifted right after the `</s>` decoder start
+    token, -100 read as padding), so no decoder_input_ids are passed.
     """
 
     def __init__(self, processor, max_target_length: int = 1024, with_labels: bool = True,
@@ -22,13 +33,19 @@ class Florence2Collator:
         self.keep_records = keep_records
 
     def __call__(self, samples: list[dict]) -> dict:
+        skipped = Counter()
+        for s in samples:
+            skipped.update(s.pop("_skipped", {}))
+        samples = [s for s in samples if not s.get(TAIL)]
+        if not samples:
+            return {"inputs": None, "ids": [], "records": [], "skipped": dict(skipped)}
         limit = {"truncation": True, "max_length": self.max_source_length} if self.max_source_length else {}
         inputs = self.processor(text=[s["prompt"] for s in samples], images=[s["image"] for s in samples],
                                 padding="longest", return_tensors="pt", **limit)
         inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
         if self.with_labels:
             inputs["labels"] = self.labels([s["target"] for s in samples])
-        batch = {"inputs": inputs, "ids": [s["id"] for s in samples]}
+        batch = {"inputs": inputs, "ids": [s["id"] for s in samples], "skipped": dict(skipped)}
         if "_slot" in samples[-1]:
             batch["slot"] = samples[-1]["_slot"]
             batch["pos"] = samples[-1]["_pos"]

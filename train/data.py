@@ -8,6 +8,10 @@ The stream is first computed as references (unit, row) from Parquet metadata alo
 when a reference leaves the shuffle buffer, a row group at a time, and image bytes are decoded then, in the
 worker. Because references cost nothing to compute, resuming at position N of a slot replays N references
 without reading any data and continues with exactly the rows an uninterrupted run would have produced.
+
+A record whose image cannot be read is skipped, never fatal: it is counted in the worker and the count
+travels downstream on the next sample (`_skipped`), or on a trailing marker (`TAIL`) when the stream ends,
+so the main process can report it even when the skip happened in a DataLoader worker.
 """
 from __future__ import annotations
 
@@ -17,14 +21,17 @@ import os
 import posixpath
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("id", "task", "format", "prompt", "target", "image", "width", "height")
 EVAL_COLUMNS = TRAIN_COLUMNS + ("dataset", "split", "objects", "caption", "meta")
 DEFAULT_SOURCE = "default"
+TAIL = "_tail"              # key of the marker sample that carries the skip counts of a stream's end
+_WARN_PER_REASON = 5        # skipped records logged one by one per reason and stream; the rest only counted
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _GLOB_CHARS = set("*?[")
 
@@ -72,6 +79,19 @@ def parse_mix(text: str) -> dict[str, float]:
     if not weights:
         raise ValueError("--mix is empty")
     return weights
+
+
+def check_mix(weights: dict[str, float] | None, sources: dict[str, list]) -> None:
+    """--mix must name exactly the --shards NAME=GLOB sets, each with rows (an empty one would silently
+    hand its share to the others)."""
+    if weights is None:
+        return
+    unmatched = sorted(set(weights) ^ set(sources))
+    if unmatched:
+        raise ValueError(f"--mix and --shards NAME=GLOB name different sources; unmatched: {unmatched}")
+    empty = sorted(name for name in weights if not sources[name])
+    if empty:
+        raise ValueError(f"--mix sources with no rows: {empty}")
 
 
 def _fs(url: str):
@@ -167,7 +187,12 @@ def assign_units(units: Sequence[Unit], n_slots: int, ranks: int = 1) -> list[li
 
 # ---------------------------------------------------------------- reference streams
 
-Ref = tuple  # (source, Unit, row index, last: bool) -- last: no other row of this unit is still pending
+class Ref(NamedTuple):
+    """One row of one unit; `last`: no other row of this unit is still pending in the shuffle buffer."""
+
+    unit: Unit
+    row: int
+    last: bool
 
 
 def unit_refs(units: Sequence[Unit], rng_key: str, epochs: int | None, buffer: int,
@@ -204,7 +229,7 @@ def _pop(buf: list, rng: random.Random, pending: dict, shuffle: bool) -> Ref:
     last = pending[u] == 0
     if last:
         del pending[u]
-    return (u.source, u, r, last)
+    return Ref(u, r, last)
 
 
 def mixed_refs(streams: dict[str, Iterator[Ref]], weights: dict[str, float] | None,
@@ -235,7 +260,10 @@ class _ShardStream:
     start: {slot: position} to resume; worker_offset rotates which DataLoader worker plays which slot,
     so the resumed loader hands out batches in the same worker order as the interrupted one.
     Each yielded dict has the requested columns (image as an RGB PIL image) plus `_slot` and `_pos`
-    (references consumed by that slot so far, the value to resume from).
+    (references consumed by that slot so far, the value to resume from), and `_skipped` ({reason: n},
+    records skipped since the previous sample) when there were any. Iterated by a DataLoader, a finite
+    stream that ends with skips yields a last `{TAIL: True, "_skipped": ...}` marker, which the collator
+    drops.
     """
 
     def __init__(self, sources: dict[str, list[Unit]], *, weights: dict[str, float] | None = None,
@@ -243,10 +271,7 @@ class _ShardStream:
                  rank: int = 0, world_size: int = 1, columns: Sequence[str] = TRAIN_COLUMNS,
                  image_root: str | None = None, start: dict[int, int] | None = None,
                  worker_offset: int = 0, decode_images: bool = True):
-        if weights is not None:
-            missing = set(weights) ^ set(sources)
-            if missing:
-                raise ValueError(f"--mix and --shards name different sources: {sorted(missing)}")
+        check_mix(weights, sources)
         self.sources = sources
         self.weights = weights
         self.seed = seed
@@ -260,7 +285,7 @@ class _ShardStream:
         self.start = {int(k): int(v) for k, v in (start or {}).items()}
         self.worker_offset = worker_offset
         self.decode_images = decode_images
-        self.skipped: dict[str, int] = {}
+        self.skipped: Counter = Counter()     # this process's skips (DataLoader workers count their own)
 
     # slot bookkeeping -------------------------------------------------------
     def slot_for(self, worker_id: int, num_workers: int) -> int:
@@ -272,70 +297,106 @@ class _ShardStream:
         info = get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
-    def refs(self, slot: int, n_slots: int) -> Iterator[Ref]:
-        """References of one slot, from position 0. Without weights all sources form one pool."""
+    def slot_units(self, slot: int, n_slots: int) -> dict[str, list[Unit]]:
+        """The units of one slot, per pool. Without weights all sources form one pool, dealt so that every
+        row belongs to one slot. With weights each source is dealt on its own, and a source with fewer
+        row groups than there are slots is shared by the slots it could not reach: otherwise those
+        slots would never draw from it and the mix would drift towards the other sources."""
         if self.weights is None:
             pools = {"*": [u for name in sorted(self.sources) for u in self.sources[name]]}
         else:
             pools = {name: self.sources[name] for name in sorted(self.sources)}
-        streams = {}
+        mine = {}
         for name, units in pools.items():
-            mine = assign_units(units, n_slots, self.world_size)[slot]
+            mine[name] = assign_units(units, n_slots, self.world_size)[slot]
+            if not mine[name] and self.weights is not None:
+                log.warning("--mix source %r has %d row groups for %d loader slots: slot %d reads all of them",
+                            name, len(units), n_slots, slot)
+                mine[name] = list(units)
+        return mine
+
+    def refs(self, slot: int, n_slots: int) -> Iterator[Ref]:
+        """References of one slot, from position 0."""
+        streams = {}
+        for name, units in self.slot_units(slot, n_slots).items():
             key = f"{self.seed}/{name}/{slot}/{n_slots}"
-            streams[name] = unit_refs(mine, key, self.epochs, self.shuffle_buffer, self.shuffle)
+            streams[name] = unit_refs(units, key, self.epochs, self.shuffle_buffer, self.shuffle)
         return mixed_refs(streams, self.weights, f"{self.seed}/{slot}/{n_slots}")
 
     def __iter__(self):
         worker_id, num_workers = self._worker()
         n_slots = self.world_size * num_workers
         slot = self.slot_for(worker_id, num_workers)
-        return self.iter_slot(slot, n_slots)
+        return self.iter_slot(slot, n_slots, tail=True)
 
-    def iter_slot(self, slot: int, n_slots: int) -> Iterator[dict]:
+    def iter_slot(self, slot: int, n_slots: int, tail: bool = False) -> Iterator[dict]:
+        """Samples of one slot from its start position; `tail`: end with the skip-count marker if needed."""
         pos = self.start.get(slot, 0)
-        refs = self.refs(slot, n_slots)
-        cache: dict[tuple[str, int], list] = {}
-        for i, ref in enumerate(refs):
+        # More consecutive skips than the slot has rows: every record is unreadable, and an endless
+        # stream would spin without ever yielding (a silent hang of the DataLoader).
+        limit = sum(u.rows for units in self.slot_units(slot, n_slots).values() for u in units)
+        cache: dict[Unit, list] = {}
+        unsent: Counter = Counter()
+        in_a_row = 0
+        for i, ref in enumerate(self.refs(slot, n_slots)):
             if i < pos:
                 continue  # replaying a resumed stream: references only, nothing is read
             row = self._take(ref, cache)
-            sample = self._sample(row, ref[1])
-            if sample is None:
+            reason = self._decode(row, ref.unit)
+            if reason:
+                unsent[reason] += 1
+                in_a_row += 1
+                if in_a_row > limit:
+                    raise RuntimeError(f"slot {slot}: none of its {limit} records has a readable image "
+                                       f"(skipped: {dict(self.skipped)})")
                 continue
-            sample["_slot"] = slot
-            sample["_pos"] = i + 1
-            yield sample
+            in_a_row = 0
+            row["_slot"] = slot
+            row["_pos"] = i + 1
+            if unsent:
+                row["_skipped"] = dict(unsent)
+                unsent.clear()
+            yield row
+        if unsent and tail:
+            yield {TAIL: True, "_skipped": dict(unsent)}
 
     # reading ------------------------------------------------------------------
     def _take(self, ref: Ref, cache: dict) -> dict:
-        _source, unit, r, last = ref
-        key = (unit.file, unit.row_group)
-        rows = cache.get(key)
+        """The row of a reference. Its row group is read on first use and dropped after its last row, so
+        at most the shuffle buffer's rows (plus one row group) are held."""
+        unit = ref.unit
+        rows = cache.get(unit)
         if rows is None:
             pf = open_parquet(unit.file)
             names = set(pf.schema_arrow.names)
-            cols = [c for c in self.columns if c in names]
-            rows = pf.read_row_group(unit.row_group, columns=cols).to_pylist()
-            cache[key] = rows
-        row, rows[r] = rows[r], None
-        if last:
-            del cache[key]
+            missing = [c for c in self.columns if c not in names]
+            if missing:
+                raise ValueError(f"{unit.file}: no column {', '.join(missing)}; is it a groundforge shard?")
+            rows = pf.read_row_group(unit.row_group, columns=list(self.columns)).to_pylist()
+            cache[unit] = rows
+        row, rows[ref.row] = rows[ref.row], None
+        if ref.last:
+            del cache[unit]
         return row
 
-    def _sample(self, row: dict, unit: Unit) -> dict | None:
+    def _decode(self, row: dict, unit: Unit) -> str | None:
+        """Decode the row's image in place; returns the skip reason when it cannot be read."""
         if row.get("format") not in (None, "florence2"):
             raise ValueError(f"{unit.file}: record {row.get('id')} is rendered for format {row['format']!r}; "
                              f"Florence-2 training needs `groundforge render --format florence2` shards")
         if not self.decode_images or "image" not in row:
-            return row
+            return None
         try:
             row["image"] = load_image(row["image"], unit.file, self.image_root)
         except Exception as exc:  # noqa: BLE001 - a bad image skips its record, it does not stop training
             reason = type(exc).__name__
-            self.skipped[reason] = self.skipped.get(reason, 0) + 1
-            log.warning("skipping record %s from %s: image unreadable (%s)", row.get("id"), unit.file, exc)
-            return None
-        return row
+            self.skipped[reason] += 1
+            if self.skipped[reason] <= _WARN_PER_REASON:
+                more = " (further ones are only counted)" if self.skipped[reason] == _WARN_PER_REASON else ""
+                log.warning("skipping record %s from %s: image unreadable (%s)%s", row.get("id"), unit.file,
+                            exc, more)
+            return reason
+        return None
 
 
 def load_image(image: dict, shard_file: str, image_root: str | None = None):
@@ -343,6 +404,8 @@ def load_image(image: dict, shard_file: str, image_root: str | None = None):
     (or the shard's directory) and may not escape it."""
     from PIL import Image
 
+    if not image:
+        raise ValueError("record has no image")
     data = image.get("bytes")
     if not data:
         path = image.get("path")

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from train import metrics
@@ -34,7 +35,7 @@ def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: in
     """Decoded generations (control tokens kept; metrics.clean_generation strips BOS/EOS/pad)."""
     import torch
 
-    inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                          enabled=amp_dtype is not None):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
@@ -59,36 +60,45 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
              max_samples: int | None = None, num_beams: int = 3, max_new_tokens: int = 256,
              num_workers: int = 0, image_root: str | None = None, examples: int = 4,
              info: dict | None = None) -> dict:
-    """Evaluate an already loaded model on `sources` ({name: [Unit]}); writes the report when `out`."""
+    """Evaluate an already loaded model on `sources` ({name: [Unit]}); writes the report when `out`.
+
+    Scores are summed as batches arrive; only the `examples` records per task that get drawn are kept.
+    `skipped` in the report counts records whose image could not be read (they are not in `n`)."""
     from train.model import max_positions
 
     was_training = model.training
     model.eval()
-    records, generations, shown = [], [], []
-    per_task: dict[str, int] = {}
+    scores, shown, skipped, per_task, n = metrics.Scores(), [], Counter(), Counter(), 0
     start = time.time()
     try:
         for batch in eval_loader(sources, processor, batch_size=batch_size, num_workers=num_workers,
                                  image_root=image_root, max_source_length=max_positions(model)):
-            texts = generate(model, processor, batch["inputs"], device=device, amp_dtype=amp_dtype,
+            skipped.update(batch["skipped"])
+            records, inputs = batch["records"], batch["inputs"]
+            if inputs is None:
+                continue
+            if max_samples is not None and n + len(records) > max_samples:
+                keep = max_samples - n   # generate only for the records that count
+                records, inputs = records[:keep], {k: v[:keep] for k, v in inputs.items()}
+            texts = generate(model, processor, inputs, device=device, amp_dtype=amp_dtype,
                              num_beams=num_beams, max_new_tokens=max_new_tokens)
-            for rec, text in zip(batch["records"], texts):
-                if per_task.get(rec["task"], 0) < examples:
-                    per_task[rec["task"]] = per_task.get(rec["task"], 0) + 1
+            for rec, text in zip(records, texts):
+                scores.add(rec, text)
+                if per_task[rec["task"]] < examples:
+                    per_task[rec["task"]] += 1
                     shown.append((rec, text))
-                rec = {k: v for k, v in rec.items() if k != "image"}
-                records.append(rec)
-                generations.append(text)
-            if max_samples and len(records) >= max_samples:
+            n += len(records)
+            if max_samples is not None and n >= max_samples:
                 break
     finally:
         model.train(was_training)
-    if max_samples:
-        records, generations = records[:max_samples], generations[:max_samples]
-    report = {"n": len(records), "seconds": round(time.time() - start, 2),
-              "tasks": metrics.score_records(records, generations), **(info or {})}
+    report = {"n": n, "seconds": round(time.time() - start, 2), "tasks": scores.report(),
+              "skipped": dict(skipped), **(info or {})}
     report["headline"] = metrics.headline(report["tasks"])
     log.info("evaluated %d records in %.1fs: %s", report["n"], report["seconds"], report["headline"])
+    if skipped:
+        log.warning("evaluation skipped %d records with unreadable images: %s", sum(skipped.values()),
+                    dict(skipped))
     if out:
         report["examples"] = write_examples(shown, out)
         write_json(out, report)

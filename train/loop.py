@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def init_distributed() -> Dist:
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        # NCCL collectives (barrier, all_gather_object) run on the current device: without this every
+        # rank would use GPU 0
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -224,7 +229,7 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+                kept = [line for line in f if _step_of(line) <= start_step]
             with open(path, "w") as f:
                 f.writelines(kept)
 
@@ -232,6 +237,14 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; inf (dropped) for a blank line or one cut short by a killed run."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return float("inf")
 
 
 def batch_digest(ids: list[str]) -> str:
@@ -262,27 +275,99 @@ class DataPosition:
         self.committed = {"positions": dict(self.positions), "next_worker": self.next_worker, "rng": rng_state()}
 
 
+def label_tokens(inputs: dict) -> int:
+    from train.collate import IGNORE_INDEX
+
+    return int((inputs["labels"] != IGNORE_INDEX).sum())
+
+
+def _all_reduce_sum(value, device, world_size: int):
+    """Sum of a number (or a 0-d tensor) over ranks; a plain number comes back as a float."""
+    if world_size == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = value.clone() if torch.is_tensor(value) else torch.tensor(float(value), device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t if torch.is_tensor(value) else t.item()
+
+
+def train_step(net, micro_batches: list[dict], *, optimizer, scaler, params, device, amp_dtype=None,
+               max_grad_norm: float = 1.0, world_size: int = 1):
+    """One optimizer step over `micro_batches` (gradient accumulation); returns (loss, grad_norm) tensors.
+
+    The model's loss is a mean over the label tokens of its micro-batch. Each micro-batch is weighted by its
+    share of the step's label tokens on all ranks (times world_size, as DDP averages gradients over ranks),
+    so the gradient is that of the token mean over the whole step: `--batch-size B --grad-accum K` on R
+    ranks equals one batch of B*K*R, whatever the target lengths (a plain `loss / K` would over-weight the
+    tokens of short micro-batches). Counting needs the step's micro-batches up front, so they are all
+    fetched (to host memory) before the first forward, as transformers' Trainer does for the same reason.
+    Gradients are unscaled (fp16 GradScaler) before they are clipped.
+    The returned loss is that token mean, the same on every rank; grad_norm is before clipping.
+    """
+    import torch
+
+    counts = [label_tokens(mb) for mb in micro_batches]
+    total = max(1.0, _all_reduce_sum(sum(counts), device, world_size))
+    loss_sum = torch.zeros((), device=device)
+    for k, (inputs, count) in enumerate(zip(micro_batches, counts)):
+        inputs = {name: v.to(device, non_blocking=True) for name, v in inputs.items()}
+        last = k == len(micro_batches) - 1
+        with (contextlib.nullcontext() if last or world_size == 1 else net.no_sync()):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = net(**inputs).loss * (count / total)
+            scaler.scale(loss * world_size).backward()
+        loss_sum += loss.detach().float()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    scaler.step(optimizer)   # skipped by the scaler when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return _all_reduce_sum(loss_sum, device, world_size), grad_norm
+
+
 def _load_sources(cfg: TrainConfig):
-    from train.data import discover, list_units, parse_mix
+    from train.data import check_mix, discover, list_units, parse_mix
 
     sources = list_units(discover(cfg.shards))
     weights = parse_mix(cfg.mix) if cfg.mix else None
-    if weights is not None and set(weights) != set(sources):
-        raise ValueError(f"--mix and --shards NAME=GLOB must name the same sources; unmatched: "
-                         f"{sorted(set(weights) ^ set(sources))}")
+    check_mix(weights, sources)
     return sources, weights
 
 
+def _check_slots(sources, world_size: int, workers: int) -> None:
+    n_units = sum(len(u) for u in sources.values())
+    if n_units < world_size:
+        raise ValueError(f"{n_units} row groups cannot feed {world_size} ranks; write more, smaller shards")
+    if n_units < world_size * workers:
+        log.warning("%d row groups for %d loader slots: %d workers will idle", n_units, world_size * workers,
+                    world_size * workers - n_units)
+
+
+def _resume_dir(cfg: TrainConfig) -> str | None:
+    latest = latest_checkpoint(cfg.out)
+    if not cfg.resume:
+        if latest:
+            raise ValueError(f"{cfg.out} already holds checkpoints: pass --resume to continue that run, "
+                             f"or choose a new --out")
+        return None
+    if latest is None:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", cfg.out)
+    return latest
+
+
 def _build_model(cfg: TrainConfig, resume_dir: str | None):
-    from train.model import apply_lora, freeze_vision, load_model, load_processor
+    from train.model import apply_lora, freeze_vision, is_adapter_dir, load_model, load_processor
 
-    if resume_dir and cfg.lora:
-        from peft import PeftModel
-
-        base = load_model(cfg.model, cfg.trust_remote_code)
-        model = PeftModel.from_pretrained(base, resume_dir, is_trainable=True)
+    if resume_dir and is_adapter_dir(resume_dir) != cfg.lora:
+        raise ValueError(f"--resume: {resume_dir} holds " + ("a LoRA adapter; pass --lora" if cfg.lora is False
+                                                               else "a full model; drop --lora"))
+    if resume_dir:
+        # a LoRA checkpoint is an adapter directory: its base model is loaded under the trainable adapter
+        model = load_model(resume_dir, cfg.trust_remote_code, adapter_trainable=True)
     else:
-        model = load_model(resume_dir or cfg.model, cfg.trust_remote_code)
+        model = load_model(cfg.model, cfg.trust_remote_code)
         if cfg.lora:
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.freeze_vision:
@@ -317,195 +402,235 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+class _Window:
+    """Loss and throughput since the last metrics line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.samples, self.t0 = 0.0, 0, 0, time.time()
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.samples += samples
+
+    def record(self, step: int, lr: float, grad_norm, ids: list[str]) -> dict:
+        elapsed = max(1e-9, time.time() - self.t0)
+        return {"step": step, "loss": self.loss / max(1, self.steps), "lr": lr, "grad_norm": float(grad_norm),
+                "samples_per_s": self.samples / elapsed, "batch_digest": batch_digest(ids),
+                "time": round(time.time(), 3)}
+
+
 def train(cfg: TrainConfig, on_step=None) -> dict:
     """Run training; returns a summary. `on_step(step, info)` is called after every optimizer step with
-    info = {"loss", "lr", "ids"} (the record ids of that step, in order) -- used by tests."""
-    import torch
+    info = {"loss", "lr", "grad_norm", "ids"} (ids: the record ids of that step, in order) -- used by tests."""
+    return Trainer(cfg).run(on_step)
 
-    from train.data import total_rows
-    from train.model import count_parameters, max_positions, resolve_amp_dtype, resolve_device
 
-    d = init_distributed()
-    device = resolve_device(cfg.device, d.local_rank)
-    amp_dtype = resolve_amp_dtype(cfg.dtype, device)
-    os.makedirs(cfg.out, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+class Trainer:
+    """One training run: set up (or restore) model, optimizer, scheduler and data position, then `run()`."""
 
-    sources, weights = _load_sources(cfg)
-    rows = total_rows(sources)
-    if rows == 0:
-        raise ValueError("the shards hold no rows")
-    workers = max(1, cfg.num_workers)
-    n_slots = d.world_size * workers
-    n_units = sum(len(u) for u in sources.values())
-    if n_units < d.world_size:
-        raise ValueError(f"{n_units} row groups cannot feed {d.world_size} ranks; write more, smaller shards")
-    if n_units < n_slots:
-        log.warning("%d row groups for %d loader slots: %d workers will idle", n_units, n_slots, n_slots - n_units)
-    total_steps = plan_steps(cfg, rows, d.world_size)
+    def __init__(self, cfg: TrainConfig):
+        import torch
 
-    resume_dir = latest_checkpoint(cfg.out) if cfg.resume else None
-    if not cfg.resume and latest_checkpoint(cfg.out):
-        raise ValueError(f"{cfg.out} already holds checkpoints: pass --resume to continue that run, "
-                         f"or choose a new --out")
-    if cfg.resume and resume_dir is None:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", cfg.out)
-    data_now = {"n_slots": n_slots, "num_workers": workers, "world_size": d.world_size,
-                "batch_size": cfg.batch_size, "seed": cfg.seed, "units": units_digest(sources), "mix": weights,
-                "shuffle_buffer": cfg.shuffle_buffer}
+        from train.data import total_rows
+        from train.model import count_parameters, resolve_amp_dtype, resolve_device
 
-    model, processor = _build_model(cfg, resume_dir)
-    model.to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    trainable, total = count_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.schedule, warmup_steps(cfg.warmup, total_steps), total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+        self.cfg = cfg
+        self.d = d = init_distributed()
+        self.device = resolve_device(cfg.device, d.local_rank)
+        self.amp_dtype = resolve_amp_dtype(cfg.dtype, self.device)
+        os.makedirs(cfg.out, exist_ok=True)
+        torch.manual_seed(cfg.seed)
 
-    step, position = 0, DataPosition({}, 0, cfg.num_workers)
-    if resume_dir:
-        state = torch.load(os.path.join(resume_dir, STATE_FILE), map_location="cpu", weights_only=True)
-        with open(os.path.join(resume_dir, DATA_STATE_FILE)) as f:
+        self.sources, self.weights = _load_sources(cfg)
+        self.rows = total_rows(self.sources)
+        if self.rows == 0:
+            raise ValueError("the shards hold no rows")
+        self.workers = max(1, cfg.num_workers)
+        _check_slots(self.sources, d.world_size, self.workers)
+        self.total_steps = plan_steps(cfg, self.rows, d.world_size)
+        self.resume_dir = _resume_dir(cfg)
+        self.data_settings = {"n_slots": d.world_size * self.workers, "num_workers": self.workers,
+                              "world_size": d.world_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                              "units": units_digest(self.sources), "mix": self.weights,
+                              "shuffle_buffer": cfg.shuffle_buffer}
+
+        self.model, self.processor = _build_model(cfg, self.resume_dir)
+        self.model.to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_params, self.total_params = count_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, warmup_steps(cfg.warmup, self.total_steps),
+                                        self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.step = 0
+        self.position = DataPosition({}, 0, self.workers)
+        self.skipped: Counter = Counter()
+        if self.resume_dir:
+            self._restore(self.resume_dir)
+
+    def _restore(self, path: str) -> None:
+        import torch
+
+        with open(os.path.join(path, DATA_STATE_FILE)) as f:
             data_state = json.load(f)
-        _check_resume(data_state, data_now)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        mine = data_state["ranks"][d.rank]
-        position = DataPosition({int(k): v for k, v in mine["positions"].items()}, mine["next_worker"],
-                                cfg.num_workers)
-        set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)])
-        position.commit()
-    if d.main:
-        if not resume_dir:
-            with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
-                json.dump(asdict(cfg), f, indent=2, sort_keys=True)
-        log.info("training %s: %d/%d parameters trainable, %d rows, %d steps%s", cfg.model, trainable, total,
-                 rows, total_steps, f", resuming at step {step} from {resume_dir}" if resume_dir else "")
+        _check_resume(data_state, self.data_settings)
+        state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        mine = data_state["ranks"][self.d.rank]
+        self.position = DataPosition({int(k): v for k, v in mine["positions"].items()}, mine["next_worker"],
+                                     self.workers)
+        set_rng_state(state["rng"][min(self.d.rank, len(state["rng"]) - 1)])
+        self.position.commit()
 
-    net = model
-    if d.world_size > 1:
+    # ------------------------------------------------------------------ running
+    def run(self, on_step=None) -> dict:
+        cfg, d = self.cfg, self.d
+        self._announce()
+        net = self._ddp()
+        batches = iter(self._loader())
+        self.metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, self.step)
+        self.do_eval = bool(cfg.eval_every and cfg.eval_shards)
+        self.eval_sources = _eval_sources(cfg) if d.main and self.do_eval else None
+        bar = _progress(cfg, d, self.step, self.total_steps)
+        window = _Window()
+        saved_at = self.step
+        try:
+            with _sigterm_as_interrupt():
+                while self.step < self.total_steps:
+                    micro = [self._next_batch(batches) for _ in range(cfg.grad_accum)]
+                    loss, grad_norm = train_step(
+                        net, [b["inputs"] for b in micro], optimizer=self.optimizer, scaler=self.scaler,
+                        params=self.params, device=self.device, amp_dtype=self.amp_dtype,
+                        max_grad_norm=cfg.max_grad_norm, world_size=d.world_size)
+                    lr = self.scheduler.get_last_lr()[0]
+                    self.scheduler.step()
+                    self.step += 1
+                    self.position.commit()
+                    ids = [i for b in micro for i in b["ids"]]
+                    loss = loss.item()
+                    window.add(loss, len(ids) * d.world_size)
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % max(1, cfg.log_every) == 0 or self.step == self.total_steps:
+                        self._log(window.record(self.step, lr, grad_norm, ids), bar)
+                        window = _Window()
+                    if on_step is not None:
+                        on_step(self.step, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "ids": ids})
+                    if cfg.save_every and self.step % cfg.save_every == 0:
+                        self.checkpoint()
+                        saved_at = self.step
+                    if self.do_eval and self.step % cfg.eval_every == 0:
+                        self._evaluate()
+        except KeyboardInterrupt:
+            if self.step > saved_at:
+                log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
+                self.checkpoint()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if saved_at != self.step:
+            self.checkpoint()
+        return self._finish()
+
+    def _announce(self) -> None:
+        if not self.d.main:
+            return
+        if not self.resume_dir:
+            with open(os.path.join(self.cfg.out, "train_config.json"), "w") as f:
+                json.dump(asdict(self.cfg), f, indent=2, sort_keys=True)
+        log.info("training %s: %d/%d parameters trainable, %d rows, %d steps%s", self.cfg.model,
+                 self.trainable_params, self.total_params, self.rows, self.total_steps,
+                 f", resuming at step {self.step} from {self.resume_dir}" if self.resume_dir else "")
+
+    def _ddp(self):
+        if self.d.world_size == 1:
+            return self.model
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
-    loader = _make_loader(cfg, sources, weights, processor, max_positions(model), d, position, device)
-    batches = iter(loader)
-    metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, step)
-    do_eval = bool(cfg.eval_every and cfg.eval_shards)
-    eval_sources = _eval_sources(cfg) if d.main and do_eval else None
+    def _loader(self):
+        """Endless shuffled stream for this rank, starting at the saved position of each of its slots."""
+        import torch
+        from torch.utils.data import DataLoader
 
-    def checkpoint(at: int) -> None:
-        snap = position.committed
-        ranks = gather({"positions": snap["positions"], "next_worker": snap["next_worker"]}, d)
-        rngs = gather(snap["rng"], d)
-        if d.main:
-            trainer_state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "scaler": scaler.state_dict(), "rng": rngs}
-            save_checkpoint(checkpoint_dir(cfg.out, at), model=model, processor=processor,
-                            trainer_state=trainer_state, data_state={**data_now, "ranks": ranks, "step": at})
-            prune_checkpoints(cfg.out, cfg.keep_checkpoints)
-        barrier(d)
+        from train.collate import Florence2Collator
+        from train.data import ShardStream
+        from train.model import max_positions
 
-    bar = _progress(cfg, d, step, total_steps)
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "t0": time.time()}
-    saved_at = step
-    try:
-        with _sigterm_as_interrupt():
-            while step < total_steps:
-                loss_sum, ids = torch.zeros((), device=device), []
-                for micro in range(cfg.grad_accum):
-                    batch = next(batches, None)
-                    if batch is None:
-                        raise RuntimeError(f"rank {d.rank}: the shard stream ended (no rows for this rank)")
-                    position.update(batch)
-                    ids.extend(batch["ids"])
-                    inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
-                    sync = micro == cfg.grad_accum - 1 or d.world_size == 1
-                    with (contextlib.nullcontext() if sync else net.no_sync()):
-                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                            enabled=amp_dtype is not None):
-                            loss = net(**inputs).loss / cfg.grad_accum
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.detach().float()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                step += 1
-                position.commit()
-                loss_sum = loss_sum.item()
-                window["loss"] += loss_sum
-                window["steps"] += 1
-                window["samples"] += len(ids) * d.world_size
-                if bar is not None:
-                    bar.update(1)
-                if step % max(1, cfg.log_every) == 0 or step == total_steps:
-                    record = _log_record(step, window, lr, grad_norm, ids)
-                    record["epoch"] = round(step * cfg.batch_size * cfg.grad_accum * d.world_size / rows, 4)
-                    metrics_log.write(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-                    window = {"loss": 0.0, "steps": 0, "samples": 0, "t0": time.time()}
-                if on_step is not None:
-                    on_step(step, {"loss": loss_sum, "lr": lr, "ids": ids})
-                if cfg.save_every and step % cfg.save_every == 0:
-                    checkpoint(step)
-                    saved_at = step
-                if do_eval and step % cfg.eval_every == 0:
-                    if d.main:
-                        _eval_during_training(cfg, model, processor, eval_sources, step, device, amp_dtype,
-                                              metrics_log)
-                    barrier(d)
-    except KeyboardInterrupt:
-        if step > saved_at:
-            log.warning("interrupted at step %d: saving a checkpoint to resume from", step)
-            checkpoint(step)
-        raise
-    finally:
+        cfg = self.cfg
+        dataset = ShardStream(self.sources, weights=self.weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                              rank=self.d.rank, world_size=self.d.world_size, image_root=cfg.image_root,
+                              start=self.position.positions, worker_offset=self.position.next_worker)
+        max_len = max_positions(self.model)
+        target_len = min(cfg.max_target_length, max_len or cfg.max_target_length)
+        collate = Florence2Collator(self.processor, target_len, max_source_length=max_len)
+        return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+                          prefetch_factor=4 if cfg.num_workers else None)
+
+    def _next_batch(self, batches) -> dict:
+        """The next batch with samples; records of unreadable images are counted in `self.skipped`."""
+        for batch in batches:
+            self._count_skipped(batch["skipped"])
+            if batch["inputs"] is not None:
+                self.position.update(batch)
+                return batch
+        raise RuntimeError(f"rank {self.d.rank}: the shard stream ended (no rows for this rank)")
+
+    def _count_skipped(self, skipped: dict) -> None:
+        if skipped:
+            self.skipped.update(skipped)
+            log.warning("rank %d: %d records skipped so far (unreadable images): %s", self.d.rank,
+                        sum(self.skipped.values()), dict(self.skipped))
+
+    def _log(self, record: dict, bar) -> None:
+        record["epoch"] = round(self.step * self.cfg.batch_size * self.cfg.grad_accum * self.d.world_size
+                                / self.rows, 4)
+        if self.skipped:
+            record["skipped"] = dict(self.skipped)
+        self.metrics_log.write(record)
         if bar is not None:
-            bar.close()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
 
-    if saved_at != step:
-        checkpoint(step)
-    summary = {"steps": step, "rows": rows, "trainable_parameters": trainable, "parameters": total}
-    if d.main:
-        if do_eval and step % cfg.eval_every != 0:
-            _eval_during_training(cfg, model, processor, eval_sources, step, device, amp_dtype, metrics_log)
-        summary["final"] = _save_final(cfg, model, processor)
-    barrier(d)
-    return summary
+    def checkpoint(self) -> None:
+        """Save model, optimizer, scheduler, scaler, RNG and every rank's data position at the last
+        completed step (rank 0 writes; all ranks take part in the gather)."""
+        snap = self.position.committed
+        ranks = gather({"positions": snap["positions"], "next_worker": snap["next_worker"]}, self.d)
+        rngs = gather(snap["rng"], self.d)
+        if self.d.main:
+            trainer_state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                             "rng": rngs}
+            save_checkpoint(checkpoint_dir(self.cfg.out, self.step), model=self.model, processor=self.processor,
+                            trainer_state=trainer_state,
+                            data_state={**self.data_settings, "ranks": ranks, "step": self.step})
+            prune_checkpoints(self.cfg.out, self.cfg.keep_checkpoints)
+        barrier(self.d)
 
+    def _evaluate(self) -> None:
+        if self.d.main:
+            _eval_during_training(self.cfg, self.model, self.processor, self.eval_sources, self.step, self.device,
+                                  self.amp_dtype, self.metrics_log)
+        barrier(self.d)
 
-def _make_loader(cfg: TrainConfig, sources, weights, processor, max_len, d: Dist, position, device):
-    """Endless shuffled stream for this rank, starting at the saved position of each of its slots."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from train.collate import Florence2Collator
-    from train.data import ShardStream
-
-    dataset = ShardStream(sources, weights=weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                          rank=d.rank, world_size=d.world_size, image_root=cfg.image_root,
-                          start=position.positions, worker_offset=position.next_worker)
-    target_len = min(cfg.max_target_length, max_len or cfg.max_target_length)
-    collate = Florence2Collator(processor, target_len, max_source_length=max_len)
-    return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                      prefetch_factor=4 if cfg.num_workers else None)
-
-
-def _log_record(step: int, window: dict, lr: float, grad_norm, ids: list[str]) -> dict:
-    elapsed = max(1e-9, time.time() - window["t0"])
-    return {"step": step, "loss": window["loss"] / max(1, window["steps"]), "lr": lr,
-            "grad_norm": float(grad_norm), "samples_per_s": window["samples"] / elapsed,
-            "batch_digest": batch_digest(ids), "time": round(time.time(), 3)}
+    def _finish(self) -> dict:
+        summary = {"steps": self.step, "rows": self.rows, "trainable_parameters": self.trainable_params,
+                   "parameters": self.total_params, "skipped": dict(self.skipped)}
+        if self.do_eval and self.step % self.cfg.eval_every != 0:
+            self._evaluate()
+        if self.d.main:
+            summary["final"] = _save_final(self.cfg, self.model, self.processor)
+        barrier(self.d)
+        return summary
 
 
 def _progress(cfg: TrainConfig, d: Dist, step: int, total: int):

@@ -9,10 +9,16 @@ Each record yields counters; a task's metrics are ratios of the summed counters,
 batches is exact:
   rec                         n, hit                      acc@0.5 = hit / n (first predicted box)
   phrase_grounding, detection n, true, pred, matched      recall@0.5, precision@0.5 (class-agnostic)
-  grounded_caption            n, true, pred, matched      phrase recall@0.5 / precision@0.5 (phrase and box)
+  grounded_caption            n, true, pred, matched      recall@0.5 / precision@0.5 of boxes whose phrase
+                                                          matches too
+                              phrases, phrases_hit        phrase_recall@0.5: a true phrase (one caption span,
+                                                          one or more boxes) is found when an output phrase
+                                                          with the same text has IoU >= 0.5 with one of its
+                                                          boxes (one output phrase finds one true phrase)
   counting, count_class       n, exact                    accuracy = exact / n
   reg                         n, exact, f1                exact_match = exact / n, similarity = mean token F1
 Every task also counts `unparsed` (the parser raised, or found no answer).
+`Scores` sums the counters as generations arrive, so evaluation memory does not grow with the shard set.
 """
 from __future__ import annotations
 
@@ -88,22 +94,56 @@ def token_f1(pred: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def greedy_matches(pairs: list[tuple[float, int, int]]) -> int:
+    """One-to-one matching of (score, pred, truth) candidates, highest score first; returns the count."""
+    used_p, used_t = set(), set()
+    for _score, i, j in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    return len(used_t)
+
+
 def match_boxes(preds: list, truths: list, threshold: float, same=None) -> int:
-    """Greedy one-to-one matching, highest IoU first; returns the number of matched truths.
-    `same(i, j)` can further require pred i and truth j to agree (e.g. on the phrase)."""
+    """Matched truths at IoU >= threshold; `same(i, j)` can further require pred i and truth j to agree
+    (e.g. on the phrase)."""
     pairs = []
     for i, p in enumerate(preds):
         for j, t in enumerate(truths):
             v = iou(p, t)
             if v >= threshold and (same is None or same(i, j)):
-                pairs.append((-v, i, j))
-    pairs.sort()
-    used_p, used_t = set(), set()
-    for _v, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    return len(used_t)
+                pairs.append((v, i, j))
+    return greedy_matches(pairs)
+
+
+def true_phrases(record: dict) -> list[tuple[str, list[list[float]]]]:
+    """(phrase, boxes) per caption span of a grounded_caption record (objects sharing a span are one phrase)."""
+    groups: dict[tuple, tuple[str, list]] = {}
+    for o in record.get("objects") or []:
+        phrase = _phrase_of(o, record.get("caption"))
+        key = tuple(o.get("span") or ()) or (phrase,)
+        groups.setdefault(key, (phrase, []))[1].append([float(v) for v in o["bbox"]])
+    return list(groups.values())
+
+
+def _grounded_caption_counters(parsed, record: dict, threshold: float) -> dict:
+    preds = predicted_phrases(parsed)
+    phrases = true_phrases(record)
+    truths = [(phrase, box) for phrase, boxes in phrases for box in boxes]
+
+    def same(i, j):
+        return normalize_text(preds[i][0]) == normalize_text(truths[j][0])
+
+    matched = match_boxes([b for _, b in preds], [b for _, b in truths], threshold, same)
+    pairs = []
+    for i, (text, box) in enumerate(preds):
+        for j, (phrase, boxes) in enumerate(phrases):
+            if normalize_text(text) == normalize_text(phrase):
+                v = max(iou(box, t) for t in boxes)
+                if v >= threshold:
+                    pairs.append((v, i, j))
+    return {"true": len(truths), "pred": len(preds), "matched": matched, "phrases": len(phrases),
+            "phrases_hit": greedy_matches(pairs)}
 
 
 def score_record(record: dict, generation: str, threshold: float = 0.5) -> dict:
@@ -113,20 +153,12 @@ def score_record(record: dict, generation: str, threshold: float = 0.5) -> dict:
     c = {"n": 1, "unparsed": int(parsed is None or parsed == [])}
     if task == "rec":
         preds, truths = predicted_boxes(task, parsed), true_boxes(record)
-        c["hit"] = int(bool(preds) and any(iou(preds[0], t) >= threshold for t in truths))
+        c["hit"] = int(bool(preds) and any(iou(preds[0], t) >= threshold for t in truths))  # first box only
     elif task in ("phrase_grounding", "detection"):
         preds, truths = predicted_boxes(task, parsed), true_boxes(record)
         c.update(true=len(truths), pred=len(preds), matched=match_boxes(preds, truths, threshold))
     elif task == "grounded_caption":
-        preds = predicted_phrases(parsed)
-        truths = [(_phrase_of(o, record.get("caption")), list(map(float, o["bbox"])))
-                  for o in record.get("objects") or []]
-
-        def same(i, j):
-            return normalize_text(preds[i][0]) == normalize_text(truths[j][0])
-
-        matched = match_boxes([b for _, b in preds], [b for _, b in truths], threshold, same)
-        c.update(true=len(truths), pred=len(preds), matched=matched)
+        c.update(_grounded_caption_counters(parsed, record, threshold))
     elif task in ("counting", "count_class"):
         truth = parse(record, clean_generation(record["target"]))
         c["exact"] = int(parsed is not None and truth is not None and parsed == truth)
@@ -151,6 +183,8 @@ def derived(task: str, c: dict, threshold: float = 0.5) -> dict:
     elif task in ("phrase_grounding", "detection", "grounded_caption"):
         out["recall" + at] = c["matched"] / c["true"] if c["true"] else 0.0
         out["precision" + at] = c["matched"] / c["pred"] if c["pred"] else 0.0
+        if task == "grounded_caption":
+            out["phrase_recall" + at] = c["phrases_hit"] / c["phrases"] if c["phrases"] else 0.0
     elif task in ("counting", "count_class"):
         out["accuracy"] = c["exact"] / n if n else 0.0
     elif task == "reg":
@@ -164,29 +198,46 @@ def _add(total: dict, c: dict) -> None:
         total[k] = total.get(k, 0) + v
 
 
-def score_records(records: list[dict], generations: list[str], threshold: float = 0.5) -> dict:
-    """{task: {metrics..., "by_split": {"dataset/split": {metrics...}}}} over all records."""
-    if len(records) != len(generations):
-        raise ValueError(f"{len(records)} records but {len(generations)} generations")
-    totals: dict[str, dict] = {}
-    groups: dict[str, dict[str, dict]] = {}
-    for record, gen in zip(records, generations):
-        c = score_record(record, gen, threshold)
+class Scores:
+    """Running sums of the counters per task and per task and dataset/split."""
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+        self.totals: dict[str, dict] = {}
+        self.groups: dict[str, dict[str, dict]] = {}
+
+    def add(self, record: dict, generation: str) -> dict:
+        c = score_record(record, generation, self.threshold)
         task = record["task"]
         group = f"{record.get('dataset', '?')}/{record.get('split', '?')}"
-        _add(totals.setdefault(task, {}), c)
-        _add(groups.setdefault(task, {}).setdefault(group, {}), c)
-    report = {}
-    for task in sorted(totals):
-        report[task] = derived(task, totals[task], threshold)
-        report[task]["by_split"] = {g: derived(task, groups[task][g], threshold) for g in sorted(groups[task])}
-    return report
+        _add(self.totals.setdefault(task, {}), c)
+        _add(self.groups.setdefault(task, {}).setdefault(group, {}), c)
+        return c
+
+    def report(self) -> dict:
+        """{task: {metrics..., "by_split": {"dataset/split": {metrics...}}}}."""
+        report = {}
+        for task in sorted(self.totals):
+            report[task] = derived(task, self.totals[task], self.threshold)
+            report[task]["by_split"] = {g: derived(task, c, self.threshold)
+                                        for g, c in sorted(self.groups[task].items())}
+        return report
+
+
+def score_records(records: list[dict], generations: list[str], threshold: float = 0.5) -> dict:
+    """Scores.report() over all records."""
+    if len(records) != len(generations):
+        raise ValueError(f"{len(records)} records but {len(generations)} generations")
+    scores = Scores(threshold)
+    for record, gen in zip(records, generations):
+        scores.add(record, gen)
+    return scores.report()
 
 
 def headline(report: dict) -> dict:
     """One number per task, for logs: {"rec/acc@0.5": 0.71, ...}."""
     keys = {"rec": "acc@0.5", "phrase_grounding": "recall@0.5", "detection": "recall@0.5",
-            "grounded_caption": "recall@0.5", "counting": "accuracy", "count_class": "accuracy",
+            "grounded_caption": "phrase_recall@0.5", "counting": "accuracy", "count_class": "accuracy",
             "reg": "exact_match"}
     return {f"{t}/{keys[t]}": round(v[keys[t]], 4) for t, v in report.items() if keys.get(t) in v}
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from transforms.boxes import BoxError, checked_box, xywh_to_xyxy
-from transforms.records import make_object, record_id, reject
+from transforms.records import make_object, make_record, record_id, reject
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Categories:
 
 
 def categories_from_coco(categories: list[dict], annotations: list[dict]) -> Categories:
-    owned = Counter(a.get("category_id") for a in annotations)
+    owned = Counter(a.get("category_id") for a in annotations if isinstance(a.get("category_id"), (int, str)))
     supers = {c.get("supercategory") for c in categories}
     kept, roots = [], []
     for cat in sorted(categories, key=lambda c: c["id"]):
@@ -53,9 +53,10 @@ def count_image(annotations: list[dict], cats: Categories, width: int, height: i
     rejects = []
     for ann in annotations:
         source = f"annotation:{ann.get('id')}"
-        name = cats.by_id.get(ann.get("category_id"))
+        category_id = ann.get("category_id")
+        name = cats.by_id.get(category_id) if isinstance(category_id, (int, str)) else None
         if name is None:
-            rejects.append(reject(source, "annotation", "unknown_category", f"category_id={ann.get('category_id')}"))
+            rejects.append(reject(source, "annotation", "unknown_category", f"category_id={category_id}"))
             continue
         if ann.get("iscrowd"):
             uncertain[name] = "crowd_region"
@@ -84,8 +85,6 @@ def counting_records(base: dict, image_counts: ImageCounts, classes: list[str], 
 
     `base` holds the image fields of make_record (split, image, image_id, width, height, image_sha256).
     """
-    from transforms.records import make_record
-
     records, skipped = [], []
     ic = image_counts
     image_id = base["image_id"]

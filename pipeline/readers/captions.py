@@ -1,7 +1,8 @@
 """Caption inputs of `groundforge build grit`, as caption items (plain Python, no Beam).
 
-Readers yield `("item", item)` or `("reject", row)` (stage "read"), like `pipeline.readers.coco.image_items`.
-A caption item is a dict:
+Readers yield `("item", item)` or `("reject", row)` (stage "read") per input caption, like
+`pipeline.readers.coco.image_items`; the COCO reader also yields `("annotation_reject", row)` (stage
+"annotation") for an unusable box of the instances file, which is not a caption. A caption item is a dict:
 
     source       reject source ("file#row", "shard.tar#key", "caption:<id>")
     key          stable identity of the (image, caption) pair within the dataset: record ids and balancing
@@ -27,9 +28,10 @@ import io
 import json
 import posixpath
 import tarfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from pipeline.readers.refcoco_parquet import image_field
+from pipeline.readers.refer import id_str, positive_int
 from transforms.boxes import xywh_to_xyxy
 from transforms.grit import RowError, parse_grit_row
 from transforms.records import reject
@@ -39,6 +41,8 @@ TABLE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl":
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 GRIT20M_COLUMNS = ("caption", "width", "height", "noun_chunks", "ref_exps")
 GRIT20M_IMAGE_COLUMNS = ("file_name", "image_path", "image", "key")
+ID_COLUMNS = ("image_id", "key", "id")  # a caption table's image id, first present wins
+GRIT20M_READ_COLUMNS = GRIT20M_COLUMNS + GRIT20M_IMAGE_COLUMNS + ("image_id", "id", "url")
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a tar member larger than this is not an image we would keep
 _BATCH_ROWS = 256
 
@@ -92,9 +96,10 @@ def table_columns(path: str) -> list[str]:
     return []
 
 
-def iter_table_rows(path: str, columns: list[str] | None = None) -> Iterator[Any]:
+def iter_table_rows(path: str, columns: Sequence[str] | None = None) -> Iterator[Any]:
     """Rows of a table file, streamed (a JSON array file is loaded whole). A JSONL line that does not
-    parse is yielded as a `BadLine`."""
+    parse is yielded as a `BadLine`. Parquet reads only the `columns` the file has (all when None): released
+    caption sets carry many columns a build never uses."""
     kind = table_kind(path)
     with _open(path) as f:
         if kind == "parquet":
@@ -149,23 +154,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _positive(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
-
-
-def _id(value: Any) -> str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    return text or None
-
-
 # ---------------------------------------------------------------- --captions tables
 
 def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_column: str) -> tuple[str, dict]:
@@ -183,16 +171,18 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
     data, path = image_field(row.get(image_column))
     if data is None and path is None:
         return "reject", reject(source, "read", "missing_image", f"column {image_column!r} has no path or bytes")
-    image_ref = path if data is None else "sha256:" + _sha(data)
-    image_id = next((v for v in (_id(row.get(c)) for c in ("image_id", "key", "id")) if v), None)
-    image_id = image_id or path or _sha(data)[:16]
+    digest = None if data is None else _sha(data)
+    image_ref = path if digest is None else "sha256:" + digest
+    image_id = next((v for v in (id_str(row.get(c)) for c in ID_COLUMNS) if v), None)
+    image_id = image_id or path or digest[:16]
     meta = {"url": _text(row.get("url"))} if row.get("url") else {}
     return "item", make_item(source=source, key=f"{image_ref}\x1f{caption}", image_id=image_id, caption=caption,
                              file_name=path if data is None else None, image_bytes=data, meta=meta)
 
 
 def read_caption_table(path: str, *, caption_column: str, image_column: str) -> Iterator[tuple[str, dict]]:
-    for index, row in enumerate(iter_table_rows(path)):
+    columns = (caption_column, image_column, *ID_COLUMNS, "url")
+    for index, row in enumerate(iter_table_rows(path, columns)):
         yield caption_row_to_item(row, source=f"{path}#{index}", caption_column=caption_column,
                                   image_column=image_column)
 
@@ -214,8 +204,11 @@ def _member_key(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def _sample_to_item(path: str, key: str, files: dict[str, bytes]) -> tuple[str, dict]:
+def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: list[str]) -> tuple[str, dict]:
+    """The members of one sample -> item, or one reject (`member_too_large`, `missing_image`)."""
     source = f"{path}#{key}"
+    if too_large:
+        return "reject", reject(source, "read", "member_too_large", "; ".join(too_large))
     info: dict = {}
     if "json" in files:
         try:
@@ -227,73 +220,100 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes]) -> tuple[str, 
     if image is None:
         return "reject", reject(source, "read", "missing_image", f"no {'/'.join(IMAGE_EXTS)} member for {key}")
     caption = _caption(files["txt"]) if "txt" in files else _caption(info.get("caption"))
-    image_id = _id(info.get("key")) or posixpath.basename(key)
+    image_id = id_str(info.get("key")) or posixpath.basename(key)
     meta = {"url": info["url"]} if isinstance(info.get("url"), str) else {}
     return "item", make_item(source=source, key=f"wds:{key}\x1f{caption}", image_id=image_id, caption=caption,
                              image_bytes=image, meta=meta)
 
 
 def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
-    """Samples of one tar shard, streamed (members of a sample are consecutive, as webdataset writes them).
-    A shard that is not a tar, or breaks off, ends with a `unreadable_file` reject."""
-    key, files = None, {}
+    """Samples of one tar shard, streamed (members of a sample are consecutive, as webdataset writes them):
+    one item or one reject per sample. A shard that is not a tar, or breaks off, ends with one
+    `unreadable_file` reject, which also covers the sample it broke off in (its members may be missing)."""
+    key, files, too_large = None, {}, []
     try:
         with _open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 member_key, ext = _member_key(member.name)
-                if member_key != key and key is not None:
-                    yield _sample_to_item(path, key, files)
-                    files = {}
-                key = member_key
+                if member_key != key:
+                    if key is not None:
+                        yield _sample_to_item(path, key, files, too_large)
+                    key, files, too_large = member_key, {}, []
                 if member.size > MAX_MEMBER_BYTES:
-                    yield "reject", reject(f"{path}#{member.name}", "read", "member_too_large",
-                                           f"{member.size} bytes")
+                    too_large.append(f"{member.name}: {member.size} bytes")
                     continue
                 files[ext] = tar.extractfile(member).read()
+            if key is not None:
+                yield _sample_to_item(path, key, files, too_large)
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield "reject", reject(path, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
-    if key is not None and files:
-        yield _sample_to_item(path, key, files)
 
 
 # ---------------------------------------------------------------- --coco-captions [+ --coco-instances]
 
-def coco_boxes(instances: dict) -> dict:
-    """image id -> [(category name, pixel xyxy)] of the non-crowd boxes (a crowd region is not one object)."""
+def coco_boxes(instances: dict) -> tuple[dict, list[dict]]:
+    """-> (image id -> [(category name, pixel xyxy)], rejects). Crowd regions are skipped (one is not an
+    object); an annotation with an unknown category or a bbox that is not 4 numbers becomes an `annotation`
+    stage reject. Box values are checked against the image by the grounding filters."""
     names = {c.get("id"): c.get("name") for c in instances.get("categories") or [] if isinstance(c, dict)}
     out: dict = {}
+    rejects = []
     for ann in instances.get("annotations") or []:
-        if not isinstance(ann, dict) or ann.get("iscrowd") or names.get(ann.get("category_id")) is None:
+        if not isinstance(ann, dict):
+            rejects.append(reject(f"annotation:{ann!r}"[:200], "annotation", "bad_row", "not an object"))
             continue
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
+        if ann.get("iscrowd"):
             continue
-        out.setdefault(ann.get("image_id"), []).append((names[ann["category_id"]], xywh_to_xyxy(bbox)))
-    return out
+        where, name = f"annotation:{ann.get('id')}", names.get(ann.get("category_id"))
+        if name is None:
+            rejects.append(reject(where, "annotation", "unknown_category", f"category_id={ann.get('category_id')}"))
+            continue
+        box = _xyxy(ann.get("bbox"))
+        if box is None:
+            rejects.append(reject(where, "annotation", "bad_box", f"bbox={ann.get('bbox')!r}"[:200]))
+            continue
+        out.setdefault(ann.get("image_id"), []).append((name, box))
+    return out, rejects
+
+
+def _xyxy(bbox: Any) -> list[float] | None:
+    """COCO [x, y, w, h] -> xyxy floats; None unless it is a list of 4 numbers."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return None
+    try:
+        return xywh_to_xyxy(bbox)
+    except (TypeError, ValueError):
+        return None
 
 
 def read_coco_captions(captions: dict, instances: dict | None, source: str) -> Iterator[tuple[str, dict]]:
     """COCO captions (`images` + `annotations` with `caption`) -> one item per caption; with `instances`,
-    each item carries its image's boxes for the annotations grounder."""
+    each item carries its image's boxes for the annotations grounder. A caption without an `id` is keyed by
+    its position in the file, so captions never share a record id."""
     images = {img["id"]: img for img in captions.get("images") or []
               if isinstance(img, dict) and {"id", "file_name"} <= set(img)}
-    boxes = coco_boxes(instances) if instances is not None else None
-    for ann in captions.get("annotations") or []:
+    boxes = None
+    if instances is not None:
+        boxes, bad = coco_boxes(instances)
+        for row in bad:
+            yield "annotation_reject", row
+    for index, ann in enumerate(captions.get("annotations") or []):
         if not isinstance(ann, dict) or "caption" not in ann:
-            yield "reject", reject(f"{source}#{ann!r}"[:200], "read", "missing_field", "caption annotation "
+            yield "reject", reject(f"{source}#{index}", "read", "missing_field", "caption annotation "
                                    "without a caption")
             continue
         entry = images.get(ann.get("image_id"))
-        where = f"caption:{ann.get('id')}"
+        ident = ann["id"] if ann.get("id") is not None else f"#{index}"
+        where = f"caption:{ident}"
         if entry is None:
             yield "reject", reject(where, "read", "unknown_image", f"image_id={ann.get('image_id')}")
             continue
         yield "item", make_item(
-            source=f"{where}:{entry['file_name']}", key=f"coco:{ann.get('id')}\x1f{ann.get('image_id')}",
+            source=f"{where}:{entry['file_name']}", key=f"coco:{ident}\x1f{ann.get('image_id')}",
             image_id=str(entry["id"]), caption=_caption(ann["caption"]), file_name=str(entry["file_name"]),
-            width=_positive(entry.get("width")), height=_positive(entry.get("height")),
+            width=positive_int(entry.get("width")), height=positive_int(entry.get("height")),
             annotations=None if boxes is None else boxes.get(entry["id"], []),
             meta={"caption_id": ann.get("id"), "file_name": entry["file_name"],
                   **({"license": entry["license"]} if "license" in entry else {})})
@@ -317,12 +337,12 @@ def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
         return "reject", reject(source, "read", err.reason, err.detail)
     data, path = image_field(row.get("image"))
     path = path or _text(row.get("file_name")) or _text(row.get("image_path"))
-    key = _id(row.get("key"))
+    key = id_str(row.get("key"))
     alt: tuple = ()
     if data is None and not path and key:
         path, alt = f"{key}.jpg", (f"{key[:5]}/{key}.jpg",)
     url = _text(row.get("url"))
-    image_id = (_id(row.get("image_id")) or key or path or _id(row.get("id"))
+    image_id = (id_str(row.get("image_id")) or key or path or id_str(row.get("id"))
                 or (url and hashlib.sha256(url.encode()).hexdigest()[:16]))
     if data is None and not path:
         return "reject", reject(source, "read", "missing_image", "no image bytes, file_name, image_path or key")
@@ -336,7 +356,7 @@ def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
 
 
 def read_grit20m(path: str) -> Iterator[tuple[str, dict]]:
-    for index, row in enumerate(iter_table_rows(path)):
+    for index, row in enumerate(iter_table_rows(path, GRIT20M_READ_COLUMNS)):
         yield grit20m_row_to_item(row, source=f"{path}#{index}")
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 import apache_beam as beam
 
 from pipeline import fs
+from pipeline.readers.refer import positive_int
 from transforms.counting import categories_from_coco
 from transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
 from transforms.paths import safe_join
@@ -26,33 +27,70 @@ def parse_coco(data: bytes, source: str):
     except ValueError as exc:
         return None, reject(source, "read", "malformed_json", str(exc))
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
-            or not isinstance(coco.get("categories"), list):
-        return None, reject(source, "read", "not_coco", "expected an object with 'images' and 'categories' lists")
+            or not isinstance(coco.get("categories"), list) \
+            or not isinstance(coco.get("annotations", []), list):
+        return None, reject(source, "read", "not_coco",
+                            "expected an object with 'images' and 'categories' lists (and an 'annotations' list)")
     return coco, None
 
 
 def image_items(coco: dict, source: str):
-    """Yield ("image", item) per image and ("reject", row) per unusable image/annotation entry."""
-    annotations = [a for a in coco.get("annotations") or [] if isinstance(a, dict)]
-    cats = categories_from_coco(coco["categories"], annotations)
+    """Yield ("image", item) per image and ("reject", row) per unusable image/annotation entry.
+
+    Nothing is dropped silently: a non-object annotation, an image entry without a usable id or size, a
+    repeated image id and an annotation on an unknown image are each a read reject; categories that
+    cannot be used (missing keys, duplicate names) reject the whole file."""
+    annotations = []
+    for position, ann in enumerate(coco.get("annotations") or []):
+        if isinstance(ann, dict):
+            annotations.append(ann)
+        else:
+            yield "reject", reject(f"{source}:annotation#{position}", "read", "bad_row", f"not an object: {ann!r}")
+    try:
+        cats = categories_from_coco(coco["categories"], annotations)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        yield "reject", reject(source, "read", "bad_categories", f"{type(exc).__name__}: {exc}")
+        return
     images = {}
     for entry in coco["images"]:
-        missing = [k for k in ("id", "file_name", "width", "height") if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            yield "reject", reject(f"{source}:image:{entry.get('id') if isinstance(entry, dict) else entry!r}",
-                                   "read", "missing_field", f"missing {missing}")
+        problem = _image_entry_problem(entry, images)
+        if problem:
+            label = entry.get("id") if isinstance(entry, dict) else repr(entry)[:80]
+            yield "reject", reject(f"{source}:image:{label}", "read", *problem)
             continue
         images[entry["id"]] = entry
     by_image = defaultdict(list)
     for ann in annotations:
-        if ann.get("image_id") not in images:
-            yield "reject", reject(f"annotation:{ann.get('id')}", "read", "unknown_image",
-                                   f"image_id={ann.get('image_id')}")
+        image_id = ann.get("image_id")
+        if not _is_id(image_id) or image_id not in images:
+            yield "reject", reject(f"annotation:{ann.get('id')}", "read", "unknown_image", f"image_id={image_id}")
             continue
-        by_image[ann["image_id"]].append(ann)
+        by_image[image_id].append(ann)
     for image_id, entry in images.items():
         yield "image", {"image": entry, "annotations": by_image.get(image_id, []),
                         "classes": cats.classes, "category_names": cats.by_id, "source": source}
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _image_entry_problem(entry, seen: dict) -> tuple[str, str] | None:
+    """(reason, detail) when an image entry cannot be used, else None."""
+    if not isinstance(entry, dict):
+        return "bad_row", "image entry is not an object"
+    missing = [k for k in ("id", "file_name", "width", "height") if k not in entry]
+    if missing:
+        return "missing_field", f"missing {missing}"
+    if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+        return "missing_field", f"file_name must be a non-empty string, got {entry['file_name']!r}"
+    if not _is_id(entry["id"]):
+        return "bad_id", f"id must be an integer or a string, got {entry['id']!r}"
+    if entry["id"] in seen:
+        return "duplicate_image_id", f"image id {entry['id']!r} appears more than once"
+    if positive_int(entry["width"]) is None or positive_int(entry["height"]) is None:
+        return "bad_size", f"width and height must be positive integers, got {entry['width']!r}x{entry['height']!r}"
+    return None
 
 
 class ExpandCoco(beam.DoFn):
@@ -74,10 +112,15 @@ def load_image(images_root: str, file_name: str, max_pixels: int = DEFAULT_MAX_P
     """Read and check one image under the root -> (bytes to store, ImageInfo).
 
     Raises PathError or ImageError (reasons: absolute_path, path_traversal, link_escapes_root,
-    missing_image, empty_image, undecodable_image, truncated_image, decompression_bomb).
+    missing_image, unreadable_image (a directory, no permission, ...), empty_image, undecodable_image,
+    truncated_image, decompression_bomb).
     """
     path = safe_join(images_root, file_name)
     if not fs.exists(path):
         raise ImageError("missing_image", path)
-    return prepare_image(fs.read_bytes(path), max_pixels)
+    try:
+        data = fs.read_bytes(path)
+    except OSError as exc:
+        raise ImageError("unreadable_image", f"{path}: {type(exc).__name__}") from None
+    return prepare_image(data, max_pixels)
 

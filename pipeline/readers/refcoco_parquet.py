@@ -8,10 +8,11 @@
              bbox [x1, y1, x2, y2] pixels, image_path, raw_image_info (JSON string: file_name, width, height),
              images read from an images dir. Parquet, JSON (array of rows) or JSON Lines.
 
-Plain Python, no Beam. Each reader yields ref items / read rejects as in `pipeline.readers.refer`.
+Plain Python, no Beam transforms. Each reader yields ref items / read rejects as in `pipeline.readers.refer`.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -20,6 +21,7 @@ import posixpath
 import re
 from typing import Any, Iterable, Iterator
 
+from pipeline import fs
 from pipeline.readers.refer import (
     ReaderError,
     _open,
@@ -38,6 +40,7 @@ from pipeline.readers.refer import (
     required,
     sentence_texts,
 )
+from transforms.paths import PathError, safe_join
 
 LAYOUTS = ("lmms", "jxu124")
 LAYOUT_COLUMNS = {
@@ -55,6 +58,7 @@ _SPLIT_NAMES = {"train": "train", "val": "val", "validation": "validation", "tes
 _PARQUET_EXT = (".parquet", ".pq")
 _JSON_EXT = (".json", ".jsonl", ".ndjson")
 _BATCH_ROWS = 64
+_BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
 
 
 # ---------------------------------------------------------------- layout, split, files
@@ -85,12 +89,12 @@ def split_from_path(path: str) -> str | None:
 
 
 def input_files(pattern: str) -> list[str]:
-    """Sorted files matching a glob (local, or remote through fsspec); ReaderError when none match."""
+    """Sorted files matching a glob (local, or remote through Beam's FileSystems); ReaderError when none match."""
     if "://" in pattern:
-        import fsspec
-
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
-        files = sorted(fs.unstrip_protocol(p) for p in paths)
+        try:
+            files = fs.match(pattern)
+        except Exception as exc:  # Beam raises BeamIOError / ValueError for unknown schemes and bad patterns
+            raise ReaderError(f"--parquet {pattern}: {exc}") from None
     else:
         files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not files:
@@ -112,7 +116,7 @@ def file_columns(path: str) -> list[str]:
     if _kind(path) == "parquet":
         import pyarrow.parquet as pq
 
-        with _open(path) as f:
+        with _parquet_errors(path), _open(path) as f:
             return list(pq.ParquetFile(f).schema_arrow.names)
     for row in _iter_json(path):
         if isinstance(row, dict):
@@ -126,10 +130,21 @@ def detect_file_layout(path: str) -> str:
 
 # ---------------------------------------------------------------- row readers
 
+@contextlib.contextmanager
+def _parquet_errors(path: str):
+    """A corrupt or truncated Parquet file is a ReaderError (one unreadable_file reject), not a crash."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        raise ReaderError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+
+
 def _iter_parquet(path: str, layout: str) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    with _open(path) as f:
+    with _parquet_errors(path), _open(path) as f:
         pf = pq.ParquetFile(f)
         columns = [c for c in _READ_COLUMNS[layout] if c in pf.schema_arrow.names]
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
@@ -137,14 +152,14 @@ def _iter_parquet(path: str, layout: str) -> Iterator[dict]:
 
 
 def _iter_json(path: str) -> Iterator[Any]:
-    """Rows of a JSON array file (loaded whole) or a JSON Lines file (streamed); an unparsable JSONL
-    line yields a _Reject."""
+    """Rows of a JSON array file (loaded whole) or a JSON Lines file (streamed); a JSONL line that does
+    not parse (bad JSON, or bytes that are not UTF-8) yields a _Reject."""
     with _open(path) as f:
-        first = f.read(4096).lstrip()[:1]
+        first = f.read(4096).lstrip(_BOM_AND_SPACE)[:1]
         if first == b"[" or (first == b"{" and path.lower().endswith(".json") and _whole_json_object(f)):
             f.seek(0)
             try:
-                rows = json.loads(f.read().decode("utf-8"))
+                rows = json.loads(f.read())  # bytes: json detects UTF-8 (with or without BOM), -16, -32
             except ValueError as exc:
                 raise ReaderError(f"{path}: not valid JSON ({exc})") from None
             if not isinstance(rows, list):
@@ -152,13 +167,13 @@ def _iter_json(path: str) -> Iterator[Any]:
             yield from rows
             return
         f.seek(0)
-        for line in io.TextIOWrapper(f, encoding="utf-8"):
+        for line in f:
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
-            except ValueError as exc:
-                yield _Reject("bad_json", f"{exc}: {line.strip()[:80]!r}")
+            except ValueError as exc:  # UnicodeDecodeError included
+                yield _Reject("bad_json", f"{exc}: {line.decode('utf-8', 'replace').strip()[:80]!r}")
 
 
 def _whole_json_object(f) -> bool:
@@ -237,12 +252,6 @@ def _image_info(value: Any) -> dict:
 _ANN_SUFFIX = re.compile(r"^(COCO_[A-Za-z]+\d*_\d+)_\d+(\.\w+)$")
 
 
-def _safe_relative(name: str) -> bool:
-    norm = name.replace("\\", "/")
-    return bool(norm) and not norm.startswith("/") and "://" not in norm and ".." not in norm.split("/") \
-        and not (len(norm) > 1 and norm[1] == ":")
-
-
 def _pick_file_name(candidates: list[str], images_dir: str | None) -> str | None:
     """The first candidate that exists under a local images dir (also trying its base name, so
     `coco/train2014/X.jpg` works with `--images .../train2014`); without a hit, the first candidate."""
@@ -254,9 +263,16 @@ def _pick_file_name(candidates: list[str], images_dir: str | None) -> str | None
         for name in candidates:
             tries += [name, posixpath.basename(name.replace("\\", "/"))]
         for name in tries:
-            if _safe_relative(name) and os.path.isfile(os.path.join(images_dir, *name.replace("\\", "/").split("/"))):
+            if _is_file_under(images_dir, name):
                 return name
     return candidates[0]
+
+
+def _is_file_under(root: str, name: str) -> bool:
+    try:
+        return os.path.isfile(safe_join(root, name))
+    except PathError:
+        return False
 
 
 def jxu124_row_to_item(row: dict, *, dataset: str, source: str, split: str | None = None,

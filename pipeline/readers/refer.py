@@ -4,10 +4,11 @@ every RefCOCO reader shares: ref items, read rejects, sentence dedupe, holdout i
     DATA_ROOT/<dataset>/refs(<split_by>).p   pickled list of refs (Python 2, protocol 2)
     DATA_ROOT/<dataset>/instances.json       COCO-style images / annotations / categories
 
-Plain Python, no Beam: every function works on one file or one row, so the Beam builder can call it
-from a DoFn. A reader yields one dict per ref: a *ref item* (see `make_item`) or, for a malformed ref,
-a *read reject* (see `make_reject`); it never raises on one bad row. A bad configuration (unknown
-dataset, missing file, hostile pickle) raises `ReaderError` at once.
+Plain Python, no Beam transforms (remote files open through Beam's FileSystems): every function works
+on one file or one row, so the Beam builder can call it from a DoFn. A reader yields one dict per ref:
+a *ref item* (see `make_item`) or, for a malformed ref, a *read reject* (see `make_reject`); it never
+raises on one bad row. A bad configuration (unknown dataset, missing file, hostile pickle) raises
+`ReaderError` at once.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import os
 import pickle
 import re
 from typing import Any, Iterable, Iterator, NamedTuple
+
+from pipeline import fs
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 # (dataset -> split_by values that exist in lichengunc/refer)
@@ -79,16 +82,40 @@ def _latin1_encode(obj=None, encoding=None, *rest):
     return obj.encode("latin1")
 
 
+class _Admitted:
+    """A global the restricted unpickler hands out: a call with checked arguments and no state. BUILD
+    (`__setstate__`) and attribute writes are refused, so a pickle cannot alter it for later loads."""
+
+    __slots__ = ("call", "name")
+
+    def __init__(self, name: str, call):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "call", call)
+
+    def __call__(self, *args):
+        return self.call(*args)
+
+    def __setattr__(self, attr, value):
+        raise UnsafePickleError(f"refusing to set {attr!r} on {self.name}: only plain containers and scalars "
+                                "are allowed")
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"refusing to unpickle state for {self.name}: only plain containers and "
+                                "scalars are allowed")
+
+
 _ALLOWED_GLOBALS = {
-    ("builtins", "bytes"): _empty_bytes,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _Admitted("builtins.bytes", _empty_bytes),
+    ("__builtin__", "bytes"): _Admitted("__builtin__.bytes", _empty_bytes),
+    ("_codecs", "encode"): _Admitted("_codecs.encode", _latin1_encode),
 }
+_PLAIN_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+_PLAIN_CONTAINERS = frozenset({list, tuple, set, frozenset, bytearray})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Every GLOBAL / STACK_GLOBAL / INST / EXT opcode goes through find_class, so refusing there means
-    no class or function other than the two byte-string helpers above ever reaches REDUCE/OBJ/BUILD."""
+    no class or function other than the byte-string helpers above ever reaches REDUCE/OBJ/BUILD."""
 
     def find_class(self, module: str, name: str):
         allowed = _ALLOWED_GLOBALS.get((module, name))
@@ -101,12 +128,37 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refusing to unpickle persistent id {pid!r}: only plain containers and scalars are allowed")
 
 
-def safe_load_pickle(path_or_file: Any) -> Any:
-    """Load a pickle of dicts, lists, tuples, str, bytes, int, float, bool and None only.
+def check_plain(obj: Any) -> None:
+    """Raise UnsafePickleError unless `obj` is built of plain containers and scalars only. Opcodes alone
+    can still leave a non-plain value: an admitted helper pushed but never called, or a memoryview
+    (protocol 5 READONLY_BUFFER). Shared containers are visited once, so cycles and DAGs stay linear."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind is not dict and kind not in _PLAIN_CONTAINERS:
+            what = value.name if kind is _Admitted else f"a {kind.__module__}.{kind.__qualname__}"
+            raise UnsafePickleError(f"refusing to unpickle {what} as a value: only plain containers and "
+                                    "scalars are allowed")
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if kind is dict:
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif kind is not bytearray:
+            stack.extend(value)
 
-    Anything else raises UnsafePickleError (one line, names the class) before it is called. Python 2
-    `str` objects (refer's refs(*).p) decode as UTF-8, falling back to latin-1 when they are not valid
-    UTF-8. Corrupt data raises ReaderError.
+
+def safe_load_pickle(path_or_file: Any) -> Any:
+    """Load a pickle of dicts, lists, tuples, sets, str, bytes, int, float, bool and None only.
+
+    Anything else raises UnsafePickleError (one line, names the class) before it is called, or, for a
+    value that needs no call, before it is returned. Python 2 `str` objects (refer's refs(*).p) decode
+    as UTF-8, falling back to latin-1 when they are not valid UTF-8. Corrupt data raises ReaderError.
     """
     if hasattr(path_or_file, "read"):
         data, name = path_or_file.read(), getattr(path_or_file, "name", "<pickle data>")
@@ -116,9 +168,11 @@ def safe_load_pickle(path_or_file: Any) -> Any:
             data = f.read()
     try:
         try:
-            return _RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
+            obj = _RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
         except UnicodeDecodeError:
-            return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+            obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        check_plain(obj)
+        return obj
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{name}: {exc}") from None
     except Exception as exc:  # pickle raises many types for corrupt input
@@ -127,12 +181,14 @@ def safe_load_pickle(path_or_file: Any) -> Any:
 
 # ---------------------------------------------------------------- value helpers
 
-def _open(path: str, mode: str = "rb"):
-    if "://" in path:
-        import fsspec
+def _open(path: str):
+    """A binary file: local paths directly, remote ones (gs://, s3://) through Beam's FileSystems, as every
+    other reader and the shard writer do (so a Dataflow run needs no extra filesystem package)."""
+    if "://" not in path:
+        return open(path, "rb")
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-        return fsspec.open(path, mode).open()
-    return open(path, mode)
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def _text(value: Any) -> str | None:
@@ -332,7 +388,8 @@ def refer_paths(refer_dir: str, dataset: str, split_by: str) -> tuple[str, str]:
     refs_path = os.path.join(base, f"refs({split_by}).p")
     instances_path = os.path.join(base, "instances.json")
     for path in (refs_path, instances_path):
-        if "://" not in path and not os.path.isfile(path):
+        found = fs.exists(path) if "://" in path else os.path.isfile(path)
+        if not found:
             raise ReaderError(f"refer file not found: {path}")
     return refs_path, instances_path
 
@@ -413,13 +470,18 @@ def _text_or_none(value: Any) -> str | None:
     return text.strip() if text is not None and text.strip() else None
 
 
-def read_refer(refer_dir: str, dataset: str, split_by: str) -> Iterator[dict]:
-    """All refs of DATA_ROOT/<dataset>/refs(<split_by>).p as ref items / read rejects, in file order."""
-    refs_path, instances_path = refer_paths(refer_dir, dataset, split_by)
+def read_refer_files(refs_path: str, instances_path: str, dataset: str) -> Iterator[dict]:
+    """All refs of one refs pickle as ref items / read rejects, in file order. ReaderError (on the first
+    item) for an unreadable or hostile pickle or an unusable instances.json."""
     refs = load_refs(refs_path)
     index = load_instances(instances_path)
     for position, ref in enumerate(refs):
         yield ref_to_item(ref, index, dataset=dataset, source=ref_source(refs_path, ref, position))
+
+
+def read_refer(refer_dir: str, dataset: str, split_by: str) -> Iterator[dict]:
+    """All refs of DATA_ROOT/<dataset>/refs(<split_by>).p as ref items / read rejects, in file order."""
+    return read_refer_files(*refer_paths(refer_dir, dataset, split_by), dataset)
 
 
 _COCO_NAME = re.compile(r"COCO_[A-Za-z]+\d*_0*(\d+)(?:\.\w+)?$")
