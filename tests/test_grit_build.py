@@ -350,6 +350,12 @@ def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
     assert [(kind, row["source"], row["reason"]) for kind, row in cut] == [
         ("reject", f"{tmp_path / 'cut.tar'}#a", "member_too_large"),
         ("reject", str(tmp_path / "cut.tar"), "unreadable_file")]
+    # cut inside b.jpg's header, which tarfile itself takes for the end of the archive: sample a, still open
+    # (more of its members could have followed), goes with the file
+    (tmp_path / "header.tar").write_bytes(shard[:3684])
+    assert list(captions.read_webdataset(str(tmp_path / "header.tar"))) == [
+        ("reject", {"source": str(tmp_path / "header.tar"), "stage": "read", "reason": "unreadable_file",
+                    "detail": "ReadError: the archive ends without its end-of-archive block (cut short)"})]
 
 
 def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp_path):

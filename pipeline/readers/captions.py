@@ -228,8 +228,9 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: lis
 
 def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
     """Samples of one tar shard, streamed (members of a sample are consecutive, as webdataset writes them):
-    one item or one reject per sample. A shard that is not a tar, or breaks off, ends with one
-    `unreadable_file` reject, which also covers the sample it broke off in (its members may be missing)."""
+    one item or one reject per sample. A shard that is not a tar, or breaks off (inside a member or a
+    header), ends with one `unreadable_file` reject, which also covers the sample it broke off in (its
+    members may be missing)."""
     key, files, too_large = None, {}, []
     try:
         with _open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -245,10 +246,19 @@ def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
                     too_large.append(f"{member.name}: {member.size} bytes")
                     continue
                 files[ext] = tar.extractfile(member).read()
+            if _cut_short(tar):
+                raise tarfile.ReadError("the archive ends without its end-of-archive block (cut short)")
             if key is not None:
                 yield _sample_to_item(path, key, files, too_large)
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield "reject", reject(path, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
+
+
+def _cut_short(tar: tarfile.TarFile) -> bool:
+    """Whether a stream-mode tar ended early. tarfile takes a header cut off (or missing) after the first
+    member for the end of the archive and raises nothing; a whole archive ends with a 512-byte zero block,
+    read past the last member's end (`offset`) by the stream (`fileobj.pos`, after decompression)."""
+    return tar.fileobj.pos - tar.offset < tarfile.BLOCKSIZE
 
 
 # ---------------------------------------------------------------- --coco-captions [+ --coco-instances]
