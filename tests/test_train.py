@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.train_fixtures import make_record, write_shards
+from tests.train_fixtures import make_record, write_shard, write_shards
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -307,3 +307,108 @@ def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
     assert again.exit_code == 1 and "already holds checkpoints: pass --resume" in again.output
     both = CliRunner().invoke(train_command, args + ["--epochs", "1"])
     assert both.exit_code == 2 and "give --steps or --epochs, not both" in both.output
+
+
+def test_grad_accum_equals_the_large_batch_whatever_the_target_lengths(tiny_model, tmp_path):
+    """--batch-size 4 vs --batch-size 2 --grad-accum 2 on the same 4 records: same loss, same gradient.
+    The micro-batches have very different label token counts (rec targets vs one-digit counts), so the
+    mean of the two micro-batch means (loss / grad_accum) would differ from the step's token mean."""
+    from train.collate import Florence2Collator
+    from train.loop import label_tokens, train
+    from train.model import load_processor
+
+    folder = str(tmp_path / "shards")
+    recs = [make_record(0), make_record(1), make_record(2, "count_class"), make_record(3, "count_class")]
+    write_shards(folder, recs, n_files=1, row_group_size=4)
+    runs = {}
+    for name, kw in {"big": dict(batch_size=4), "accum": dict(batch_size=2, grad_accum=2)}.items():
+        train(_config(tiny_model, folder, tmp_path / name, steps=1, shuffle_buffer=1, **kw),
+              on_step=lambda s, info, name=name: runs.__setitem__(name, info))
+    assert runs["accum"]["ids"] == runs["big"]["ids"] == [r["id"] for r in recs]
+    assert runs["accum"]["loss"] == pytest.approx(runs["big"]["loss"], rel=1e-5)
+    assert runs["accum"]["grad_norm"] == pytest.approx(runs["big"]["grad_norm"], rel=1e-4)
+    collate = Florence2Collator(load_processor(tiny_model))
+    counts = [label_tokens({"labels": collate.labels([r["target"] for r in pair])}) for pair in (recs[:2], recs[2:])]
+    assert counts[0] > 2 * counts[1]          # the micro-batches really are unequal
+
+
+def test_unreadable_images_are_counted_in_training_and_eval(tiny_model, tmp_path):
+    """Records skipped inside DataLoader workers reach the training summary, metrics.jsonl and the eval
+    report; eval with --max-samples generates only for the records it scores."""
+    import train.evaluate as evaluate_mod
+    from train.evaluate import EvalConfig, evaluate
+    from train.loop import train
+
+    folder = str(tmp_path / "shards")
+    bad = make_record(1)
+    bad["image"] = {"bytes": b"not an image", "path": None}
+    write_shard(os.path.join(folder, "a.parquet"), [make_record(0), bad])
+    write_shard(os.path.join(folder, "b.parquet"), [make_record(2), make_record(3)])
+    # worker 0's first batch: record 0, (record 1 skipped), record 0 again (epoch 2); worker 1's: records 2, 3
+    summary = train(_config(tiny_model, folder, tmp_path / "out", steps=2, batch_size=2, num_workers=2,
+                            shuffle_buffer=1))
+    assert summary["skipped"] == {"UnidentifiedImageError": 1}
+    lines = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [line.get("skipped") for line in lines] == [{"UnidentifiedImageError": 1}] * 2
+
+    sizes = []
+    real_generate = evaluate_mod.generate
+
+    def counting_generate(model, processor, inputs, **kw):
+        sizes.append(inputs["input_ids"].shape[0])
+        return real_generate(model, processor, inputs, **kw)
+
+    evaluate_mod.generate = counting_generate
+    try:
+        full = evaluate(EvalConfig(model=tiny_model, shards=[folder], out=str(tmp_path / "r.json"), batch_size=2,
+                                   num_beams=1, max_new_tokens=2, num_workers=2, device="cpu", examples=0))
+        assert (full["n"], full["skipped"]) == (3, {"UnidentifiedImageError": 1})
+        sizes.clear()
+        part = evaluate(EvalConfig(model=tiny_model, shards=[folder], out=str(tmp_path / "p.json"), batch_size=2,
+                                   max_samples=1, num_beams=1, max_new_tokens=2, num_workers=0, device="cpu",
+                                   examples=0))
+        assert part["n"] == 1 and sizes == [1]
+    finally:
+        evaluate_mod.generate = real_generate
+
+
+def test_resume_survives_a_metrics_line_cut_short(tmp_path):
+    from train.loop import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    log = MetricsLog(str(path), enabled=True, start_step=2)
+    log.write({"step": 3, "loss": 1.0})
+    assert [json.loads(line)["step"] for line in open(path)] == [1, 2, 3]
+
+
+def test_resume_refuses_to_switch_between_lora_and_full(tiny_model, shards8, tmp_path):
+    from train.loop import train
+
+    train(_config(tiny_model, shards8, tmp_path / "out", steps=1, lora=True, lora_r=2))
+    with pytest.raises(ValueError, match="holds a LoRA adapter; pass --lora"):
+        train(_config(tiny_model, shards8, tmp_path / "out", steps=2, resume=True))
+
+
+def test_rec_scores_the_first_box_and_grounded_caption_recalls_phrases():
+    from train.metrics import score_records
+    from transforms.codecs import get_codec
+
+    codec = get_codec("florence2")
+    rec = make_record(0, "rec")
+    true, far = rec["objects"][0]["bbox"], [30.0, 30.0, 47.0, 39.0]
+    gens = [codec.phrase_text("x", [far, true], 48, 40), codec.phrase_text("x", [true, far], 48, 40)]
+    report = score_records([rec, rec], gens)
+    assert (report["rec"]["hit"], report["rec"]["acc@0.5"]) == (1, 0.5)
+
+    # "thing 3" grounds two boxes (one span), "box" one: 2 phrases, 3 boxes
+    gc = make_record(3, "grounded_caption")
+    gc["objects"].append({**gc["objects"][0], "bbox": [30.0, 20.0, 46.0, 38.0]})
+    (a, b), other = [o["bbox"] for o in gc["objects"][::2]], gc["objects"][1]["bbox"]
+    both = codec.phrase_text("thing 3", [a, b], 48, 40) + codec.phrase_text("box", [other], 48, 40)
+    one_box = codec.phrase_text("thing 3", [b], 48, 40)
+    wrong_text = codec.phrase_text("a box", [other], 48, 40)
+    g = score_records([gc] * 3, [both, one_box, wrong_text])["grounded_caption"]
+    assert (g["phrases"], g["phrases_hit"], g["true"], g["matched"]) == (6, 3, 9, 4)
+    assert g["phrase_recall@0.5"] == 0.5 and g["recall@0.5"] == pytest.approx(4 / 9)
+    assert g["precision@0.5"] == pytest.approx(4 / 5)

@@ -267,3 +267,22 @@ def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
     ds = ShardStream(list_units(discover([str(tmp_path / "other.parquet")])), epochs=1)
     with pytest.raises(ValueError, match="no column task, format, prompt, target, image, width, height"):
         list(ds.iter_slot(0, 1))
+
+
+def test_fsspec_urls_are_read_like_local_files(tmp_path):
+    import fsspec
+
+    from train.data import ShardStream, discover, list_units
+
+    local = write_shard(str(tmp_path / "x.parquet"), [make_record(i) for i in range(4)], 2)
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/gf-test/data/train-00000-of-00001.parquet", open(local, "rb").read())
+    try:
+        sources = list_units(discover(["memory://gf-test"]))     # a dataset dir: its data/*.parquet
+        assert [(u.file, u.row_group, u.rows) for u in sources["default"]] == [
+            ("memory:///gf-test/data/train-00000-of-00001.parquet", 0, 2),
+            ("memory:///gf-test/data/train-00000-of-00001.parquet", 1, 2)]
+        got = list(ShardStream(sources, epochs=1, shuffle=False).iter_slot(0, 1))
+        assert _ids(got) == [make_record(i)["id"] for i in range(4)] and got[0]["image"].size == (48, 40)
+    finally:
+        fs.rm("/gf-test", recursive=True)

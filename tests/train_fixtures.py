@@ -1,4 +1,4 @@
-"""Helpers for the train/ tests: small record shards with real JPEG bytes, and a saved tiny Florence-2."""
+"""Helpers for the train/ tests: small florence2 record shards with real JPEG bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +82,3 @@ def write_shards(folder: str, records: list[dict], n_files: int, row_group_size:
                                  row_group_size))
     return paths
 
-
-def tiny_model_dir(path: str) -> str:
-    from train.tiny import save_random_florence2
-
-    return save_random_florence2(path, "tiny", seed=0)

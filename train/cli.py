@@ -57,6 +57,7 @@ def _setup_logging() -> None:
 @click.option("--eval-max-samples", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--eval-num-beams", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--eval-max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out: weights, "
               "optimizer, scheduler, RNG and data position.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -15,6 +15,7 @@ so the main process can report it even when the skip happened in a DataLoader wo
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -137,14 +138,19 @@ def discover(specs: Sequence[str]) -> dict[str, list[str]]:
     return sources
 
 
+@contextlib.contextmanager
 def open_parquet(path: str):
+    """A pyarrow ParquetFile for a local path or fsspec URL, closed (with its remote file) on exit."""
     import pyarrow.parquet as pq
 
     if _is_remote(path):
         import fsspec
 
-        return pq.ParquetFile(fsspec.open(path, "rb").open())
-    return pq.ParquetFile(path)
+        with fsspec.open(path, "rb") as f, pq.ParquetFile(f) as pf:
+            yield pf
+    else:
+        with pq.ParquetFile(path) as pf:
+            yield pf
 
 
 def list_units(sources: dict[str, list[str]]) -> dict[str, list[Unit]]:
@@ -153,8 +159,8 @@ def list_units(sources: dict[str, list[str]]) -> dict[str, list[Unit]]:
 
     def footer(item):
         name, path = item
-        pf = open_parquet(path)
-        md = pf.metadata
+        with open_parquet(path) as pf:
+            md = pf.metadata
         return [Unit(name, path, rg, md.row_group(rg).num_rows) for rg in range(md.num_row_groups)]
 
     items = [(name, path) for name, files in sources.items() for path in files]
@@ -367,12 +373,11 @@ class _ShardStream:
         unit = ref.unit
         rows = cache.get(unit)
         if rows is None:
-            pf = open_parquet(unit.file)
-            names = set(pf.schema_arrow.names)
-            missing = [c for c in self.columns if c not in names]
-            if missing:
-                raise ValueError(f"{unit.file}: no column {', '.join(missing)}; is it a groundforge shard?")
-            rows = pf.read_row_group(unit.row_group, columns=list(self.columns)).to_pylist()
+            with open_parquet(unit.file) as pf:
+                missing = [c for c in self.columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise ValueError(f"{unit.file}: no column {', '.join(missing)}; is it a groundforge shard?")
+                rows = pf.read_row_group(unit.row_group, columns=list(self.columns)).to_pylist()
             cache[unit] = rows
         row, rows[ref.row] = rows[ref.row], None
         if ref.last:

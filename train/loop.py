@@ -361,8 +361,8 @@ def _build_model(cfg: TrainConfig, resume_dir: str | None):
     from train.model import apply_lora, freeze_vision, is_adapter_dir, load_model, load_processor
 
     if resume_dir and is_adapter_dir(resume_dir) != cfg.lora:
-        raise ValueError(f"--resume: {resume_dir} holds " + ("a LoRA adapter; pass --lora" if cfg.lora is False
-                                                               else "a full model; drop --lora"))
+        held = "a full model; drop --lora" if cfg.lora else "a LoRA adapter; pass --lora"
+        raise ValueError(f"--resume: {resume_dir} holds {held}")
     if resume_dir:
         # a LoRA checkpoint is an adapter directory: its base model is loaded under the trainable adapter
         model = load_model(resume_dir, cfg.trust_remote_code, adapter_trainable=True)
@@ -467,6 +467,7 @@ class Trainer:
         self.step = 0
         self.position = DataPosition({}, 0, self.workers)
         self.skipped: Counter = Counter()
+        self._warn_skipped_at = 1
         if self.resume_dir:
             self._restore(self.resume_dir)
 
@@ -586,10 +587,13 @@ class Trainer:
         raise RuntimeError(f"rank {self.d.rank}: the shard stream ended (no rows for this rank)")
 
     def _count_skipped(self, skipped: dict) -> None:
-        if skipped:
-            self.skipped.update(skipped)
-            log.warning("rank %d: %d records skipped so far (unreadable images): %s", self.d.rank,
-                        sum(self.skipped.values()), dict(self.skipped))
+        """Sum the skips the loader workers report; warn at the first one and whenever the total doubles."""
+        self.skipped.update(skipped)
+        total = sum(self.skipped.values())
+        if total >= self._warn_skipped_at:
+            self._warn_skipped_at = 2 * total
+            log.warning("rank %d: %d records skipped so far (unreadable images): %s", self.d.rank, total,
+                        dict(self.skipped))
 
     def _log(self, record: dict, bar) -> None:
         record["epoch"] = round(self.step * self.cfg.batch_size * self.cfg.grad_accum * self.d.world_size

@@ -30,7 +30,8 @@ def load_processor(name: str, trust_remote_code: bool = False):
 
 def load_model(name: str, trust_remote_code: bool = False, adapter_trainable: bool = False):
     """Florence-2 from a hub id or directory. A directory holding a LoRA adapter loads its base model
-    and the adapter on top. Remote model code is used only with trust_remote_code."""
+    and the adapter on top (trainable with adapter_trainable, to resume training). Remote model code is
+    used only with trust_remote_code."""
     if os.path.isdir(name) and is_adapter_dir(name):
         from peft import PeftModel
 
