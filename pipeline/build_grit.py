@@ -26,12 +26,11 @@ import click
 import pyarrow as pa
 
 from pipeline import fs
-from pipeline.options import check_dir, parse_tasks
+from pipeline.options import check_dir, check_split, parse_tasks
 from pipeline.readers.captions import (
     InputError,
     check_caption_columns,
     check_grit20m_columns,
-    match_files,
     read_caption_table,
     read_coco_captions,
     read_grit20m,
@@ -39,13 +38,14 @@ from pipeline.readers.captions import (
 )
 from pipeline.readers.coco import REJECTS, STATS
 from pipeline.readers.refer import canonical_image_id
+from pipeline.readers.tables import match_files
 from pipeline.sample import SAMPLE_DIR
 from pipeline.writer import Table, WriteDataset, grouped_outputs, start_output
 from transforms.codecs import find_special_tokens
-from transforms.grit import RowError, concept_key, entries, parse_grit_row, selection_rank
+from transforms.grit import RowError, concept_key, grit_row, parse_grit_row, selection_rank
 from transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
 from transforms.images import ImageError, prepare_image
-from transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
+from transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL, RefExp, not_contained
 from transforms.paths import PathError, safe_join
 from transforms.records import make_object, make_record, record_id, reject, rendered
 
@@ -373,27 +373,20 @@ def ground(items, settings: Settings, grounding: Grounding):
 
 # ---------------------------------------------------------------- filters, annotation rows and records
 
-def _drop_contained(exps: list) -> list:
-    """Expressions (start, end, ...) not contained in another one (of two equal spans, the first stays)."""
-    keep = []
-    for i, e in enumerate(exps):
-        inside = any(j != i and o[0] <= e[0] and e[1] <= o[1] and ((o[0], o[1]) != (e[0], e[1]) or j < i)
-                     for j, o in enumerate(exps))
-        if not inside:
-            keep.append(e)
-    return keep
-
-
 def annotation_key(row: dict) -> str:
     return row["id"]
 
 
 def annotation_row(pair_key: str, item: dict, chunks: list, exps: list) -> dict:
-    w, h = item["width"], item["height"]
-    return {"id": pair_key, "image_id": item["image_id"], "file_name": item["file_name"],
-            "url": item["meta"].get("url"), "caption": item["caption"], "width": w, "height": h,
-            "noun_chunks": entries([(s, e, b) for s, e, _, b in chunks], w, h),
-            "ref_exps": entries([(s, e, b) for s, e, _, b in exps], w, h)}
+    """The pair's GRIT-20M row, built by `transforms.grit.grit_row`. chunks / exps: [(start_char, end_char, text,
+    boxes)]. Every group gets its own key in grit_row's boxes map (chunks first, then expressions), so an
+    expression keeps the boxes it came with: a GRIT-20M row's expressions are not tied to a chunk."""
+    groups = chunks + exps
+    spans = [RefExp(start, end, text, i) for i, (start, end, text, _) in enumerate(groups)]
+    boxes = {i: group[3] for i, group in enumerate(groups)}
+    return grit_row(item["caption"], item["width"], item["height"], spans[:len(chunks)], boxes, spans[len(chunks):],
+                    row_id=pair_key, image_id=item["image_id"], file_name=item["file_name"],
+                    url=item["meta"].get("url"), keep_missing=True)
 
 
 class _PairOutputs(beam.DoFn):
@@ -454,8 +447,9 @@ class FilterFn(_PairOutputs):
             return
         chunks = [(c.start_char, c.end_char, c.text, kept.boxes[i]) for i, c in enumerate(item["chunks"])
                   if i in kept.boxes]
-        exps = _drop_contained([(e.start_char, e.end_char, e.text, kept.boxes[e.chunk]) for e in item["ref_exps"]
-                                if e.chunk in kept.boxes])
+        exps = [(e.start_char, e.end_char, e.text, kept.boxes[e.chunk]) for e in item["ref_exps"]
+                if e.chunk in kept.boxes]
+        exps = [exps[i] for i in not_contained([(start, end) for start, end, _, _ in exps])]
         yield from self.outputs(item, chunks, exps)
 
 
@@ -641,7 +635,8 @@ def grit_command():
     @click.option("--balance-min-count", type=click.IntRange(1), default=3, show_default=True,
                   help="Phrases in fewer captions select nothing.")
     @click.option("--balance-max-per-phrase", type=click.IntRange(1), default=100, show_default=True)
-    @click.option("--split", default="train", show_default=True, help="Split name of the records.")
+    @click.option("--split", default="train", show_default=True, callback=check_split,
+                  help="Split name of the records.")
     @click.option("--dataset", "dataset_name", default="grit", show_default=True)
     @output_options
     @click.pass_context

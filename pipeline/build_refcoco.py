@@ -21,7 +21,7 @@ import apache_beam as beam
 import click
 
 from pipeline import fs
-from pipeline.options import check_dir, parse_tasks
+from pipeline.options import check_dir, check_split, parse_tasks
 from pipeline.readers.coco import REJECTS, STATS, load_image
 from pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
 from pipeline.readers.refer import (
@@ -288,7 +288,7 @@ def refcoco_command():
                   help="Layout of --parquet files; auto detects it from the columns and says which.")
     @click.option("--bbox-format", type=click.Choice(("xywh", "xyxy")), default=None,
                   help="Override the box format of --parquet rows (lmms: xywh, jxu124: xyxy).")
-    @click.option("--split", default=None, help="Split of --parquet files whose names do not tell it "
+    @click.option("--split", default=None, callback=check_split, help="Split of --parquet files whose names do not tell it "
                   "(lmms), or of rows without one (jxu124).")
     @click.option("--tasks", default="rec,reg", show_default=True, help="Comma list of rec, reg.")
     @click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,

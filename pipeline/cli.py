@@ -11,6 +11,7 @@ import click
 # Beam logs this on import whenever the gcp extra is absent, which is the normal local install.
 logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
 
+from pipeline.options import check_split
 from pipeline.sample import SAMPLE_DIR
 
 BEAM_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -104,7 +105,7 @@ def summary_text(info: dict) -> str:
               help="COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped sample).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Image directory that file_name resolves in (default: next to --coco / the sample).")
-@click.option("--split", default="train", show_default=True, help="Split name of the records.")
+@click.option("--split", default="train", show_default=True, callback=check_split, help="Split name of the records.")
 @click.option("--dataset", "dataset_name", default="counting", show_default=True)
 @click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,
               help="Embed image bytes, or keep only file names relative to --images (very large sets).")

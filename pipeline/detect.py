@@ -28,10 +28,8 @@ each process keeps its own copy (no proxy overhead). `share_across_processes=Tru
 """
 from __future__ import annotations
 
-import io
 import re
 import time
-import warnings
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from apache_beam.metrics import Metrics
@@ -47,7 +45,6 @@ OWL_TYPES = ("owlv2", "owlvit")
 DINO_TYPES = ("grounding-dino", "mm-grounding-dino")
 OMDET_TYPES = ("omdet-turbo",)
 FLORENCE_TASK = "<CAPTION_TO_PHRASE_GROUNDING>"
-_ORIENTATION_TAG = 0x0112
 
 
 class GroundingError(ValueError):
@@ -106,8 +103,11 @@ def source_of(element) -> str:
 
 
 def decode_image(image) -> tuple[Any, int]:
-    """bytes / HF image dict / PIL image -> (RGB PIL image in display orientation, encoded size)."""
-    from PIL import Image, ImageOps
+    """bytes / HF image dict / PIL image -> (RGB PIL image in display orientation, encoded size). Bytes are
+    decoded by `transforms.images.decode_image`: the checks and reject reasons of the image stage."""
+    from PIL import Image
+
+    from transforms.images import ImageError, decode_image as decode_bytes
 
     if isinstance(image, Mapping):
         image = image.get("bytes")
@@ -115,20 +115,10 @@ def decode_image(image) -> tuple[Any, int]:
         return image.convert("RGB"), image.width * image.height * 3
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
-        if not data:
-            raise GroundingError("empty_image", "0 bytes")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                if img.getexif().get(_ORIENTATION_TAG, 1) != 1:  # boxes refer to the display orientation
-                    img = ImageOps.exif_transpose(img)
-                return img.convert("RGB"), len(data)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise GroundingError("decompression_bomb", str(exc)) from None
-        except Exception as exc:  # PIL raises many types for garbage
-            reason = "truncated_image" if "truncated" in str(exc).lower() else "undecodable_image"
-            raise GroundingError(reason, f"{type(exc).__name__}: {exc}") from None
+            return decode_bytes(data).convert("RGB"), len(data)
+        except ImageError as err:
+            raise GroundingError(err.reason, err.detail) from None
     raise GroundingError("no_image", f"image is {type(image).__name__}")
 
 

@@ -15,13 +15,18 @@ def _local(path: str) -> bool:
     return "://" not in path
 
 
-def read_bytes(path: str) -> bytes:
-    if _local(path):  # the hot path for image files: skip FileSystems' per-call dispatch
-        with open(path, "rb") as f:
-            return f.read()
+def open_read(path: str):
+    """A binary file object to read. Local paths open directly (the hot path for image files: no FileSystems
+    dispatch per call; a missing file raises FileNotFoundError); others through Beam's FileSystems."""
+    if _local(path):
+        return open(path, "rb")
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
         return f.read()
 
 

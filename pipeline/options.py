@@ -65,3 +65,15 @@ def check_dir(path: str | None, option: str) -> None:
     """A local directory option must exist (remote URLs are checked by the pipeline when it reads them)."""
     if path and "://" not in path and not os.path.isdir(path):
         raise click.BadParameter(f"directory not found: {path}", param_hint=option)
+
+
+SPLIT_NAME = r"^\w+(\.\w+)*$"  # what the Hugging Face Hub accepts as a split name in data_files
+
+
+def check_split(ctx, param, value: str | None) -> str | None:
+    """click callback for --split: a name the Hub accepts (letters, digits, underscores, dots)."""
+    import re
+
+    if value is not None and not re.match(SPLIT_NAME, value):
+        raise click.BadParameter(f"{value!r}: a split name is letters, digits and underscores (dots between words)")
+    return value

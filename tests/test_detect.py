@@ -288,6 +288,51 @@ def test_prepare_checks_and_num_bytes():
     assert (err.value.reason, err.value.detail) == ("control_tokens", "<loc_5>")
 
 
+def _png_with_broken_exif() -> bytes:
+    """A good 40x30 PNG whose eXIf chunk is not a TIFF block (PIL's getexif raises on it)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, format="PNG")
+    data, payload = buf.getvalue(), b"XX*\x00\x08\x00\x00\x00"
+    chunk = (struct.pack(">I", len(payload)) + b"eXIf" + payload
+             + struct.pack(">I", zlib.crc32(b"eXIf" + payload)))
+    return data[:33] + chunk + data[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def test_grounding_and_image_stage_judge_bytes_alike():
+    """detect.decode_image decodes through transforms.images: the bytes the image stage (prepare_image) keeps
+    decode here, at the same display size, and the ones it rejects fail with the same reason. A broken EXIF
+    block means orientation 1 in both (it used to be `undecodable_image` here only)."""
+    from PIL import Image
+
+    from pipeline.detect import GroundingError, decode_image
+    from transforms.images import ImageError, prepare_image
+
+    data = jpeg_bytes(40, 30)
+    rotated = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(rotated, format="JPEG", exif=_exif(6))
+    cases = {"jpeg": (data, (40, 30)), "rotated": (rotated.getvalue(), (30, 40)),
+             "broken_exif": (_png_with_broken_exif(), (40, 30)), "empty": (b"", "empty_image"),
+             "garbage": (b"GIF89a broken", "undecodable_image"),
+             "truncated": (data[: len(data) // 2], "truncated_image")}
+    for name, (blob, expected) in cases.items():
+        try:
+            _, info = prepare_image(blob)
+            kept = (info.width, info.height)
+        except ImageError as err:
+            kept = err.reason
+        try:
+            image, _ = decode_image(blob)
+            grounded = image.size
+        except GroundingError as err:
+            grounded = err.reason
+        assert kept == grounded == expected, name
+
+
 def test_failed_to_reject_shapes():
     from pipeline.detect import GroundingError, Prepared, failed_batch_to_rejects, failed_to_reject
 

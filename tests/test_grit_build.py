@@ -462,10 +462,42 @@ def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
     assert first["key"] != second["key"] and raw["key"] == f"sha256:{hashlib.sha256(data).hexdigest()}\x1fa cat"
 
     (tmp_path / "c.csv").write_text("caption,path\na dog,x.jpg\n")
+    (tmp_path / "bom.csv").write_bytes("\ufeffcaption,image\na cat,y.jpg\n".encode())
+    [(kind, item)] = read_caption_table(str(tmp_path / "bom.csv"), caption_column="caption", image_column="image")
+    assert (kind, item["caption"], item["file_name"]) == ("item", "a cat", "y.jpg")  # no BOM in the header
     with pytest.raises(InputError, match="no column 'image'"):
         check_caption_columns(str(tmp_path / "c.csv"), "caption", "image")
     [(kind, item)] = read_caption_table(str(tmp_path / "c.csv"), caption_column="caption", image_column="path")
     assert (kind, item["caption"], item["file_name"]) == ("item", "a dog", "x.jpg")
+
+
+def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
+    """The shared table reader (pipeline.readers.tables): the BOM line is read, a line that is not UTF-8 is one
+    `bad_json` reject and the lines after it are still read."""
+    from pipeline.readers.captions import read_caption_table
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes("\ufeff".encode() + json.dumps({"caption": "a dog", "image": "a.jpg"}).encode() + b"\n"
+                     + b'{"caption": "caf\xe9", "image": "b.jpg"}\n'  # latin-1, not UTF-8
+                     + json.dumps({"caption": "a cat", "image": "c.jpg"}).encode() + b"\n")
+    items = list(read_caption_table(str(path), caption_column="caption", image_column="image"))
+    assert [(kind, row.get("caption", row.get("reason"))) for kind, row in items] == [
+        ("item", "a dog"), ("reject", "bad_json"), ("item", "a cat")]
+    assert items[1][1] == {"source": f"{path}#1", "stage": "read", "reason": "bad_json",
+                           "detail": "'utf-8' codec can't decode byte 0xe9 in position 16: invalid continuation "
+                                     "byte: '{\"caption\": \"caf\ufffd\", \"image\": \"b.jpg\"}'"}
+
+
+def test_unreadable_caption_parquet_is_one_file_reject(tmp_path):
+    from pipeline.build_grit import ReadCaptionsFn, Source
+    from pipeline.readers.coco import REJECTS
+
+    path = tmp_path / "c.parquet"
+    path.write_bytes(b"PAR1 truncated")
+    [bad] = ReadCaptionsFn(Source("captions", (), None)).process(str(path))
+    assert bad.tag == REJECTS
+    assert (bad.value["source"], bad.value["reason"]) == (str(path), "unreadable_file")
+    assert bad.value["detail"].startswith(f"ReaderError: {path}: not a readable Parquet file (ArrowInvalid: ")
 
 
 def grit_entry(start, end, box, w, h, score=0.9):

@@ -186,3 +186,12 @@ def test_comma_list_parsed_as_apposition_is_not_expanded():
     assert [c.text for c in phrases.chunks] == ["a yellow mug", "a white couch", "a brown bicycle", "a white kitten",
                                                 "a green field"]
     assert [r.text for r in phrases.ref_exps] == [c.text for c in phrases.chunks]
+
+
+def test_not_contained_keeps_the_outermost_spans_in_order():
+    """The containment rule the text step and the GRIT filter stage share (token or character spans)."""
+    from transforms.nounphrases import not_contained
+
+    spans = [(19, 66), (0, 66), (53, 66), (70, 80), (70, 80), (75, 90)]
+    assert not_contained(spans) == [1, 3, 5]  # of the two equal spans, the first stays
+    assert not_contained([]) == [] and not_contained([(2, 5)]) == [0]

@@ -6,6 +6,7 @@ re-encoded, so a reader that ignores EXIF sees the pixels the boxes refer to.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -43,34 +44,61 @@ def prepare_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[by
 
     Raises ImageError: `empty_image`, `undecodable_image`, `decompression_bomb`, `truncated_image`.
     """
+    with _decode_errors():
+        img = _open_checked(data, max_pixels)
+        (width, height), fmt = img.size, img.format or "UNKNOWN"
+        orientation = _orientation(img)
+        if orientation != 1:
+            return _transposed(img, fmt, orientation)
+        _check_decodes(img, fmt)  # a JPEG draft decode: img.size is scaled down after it
+    return data, ImageInfo(fmt, width, height, 1, sha256_hex(data))
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The decoded PIL image in display orientation (EXIF transposed), for a stage that needs the pixels (the
+    detectors). Same checks and ImageError reasons as `prepare_image`, so every stage rejects the same bytes
+    for the same reason."""
+    with _decode_errors():
+        img = _open_checked(data, max_pixels)
+        orientation = _orientation(img)
+        img.load()
+        if orientation != 1:
+            from PIL import ImageOps
+
+            return ImageOps.exif_transpose(img)
+        return img
+
+
+def _open_checked(data: bytes, max_pixels: int):
+    """The image opened (header only), or ImageError for empty data and images over `max_pixels` pixels."""
     from PIL import Image
 
     if not data:
         raise ImageError("empty_image", "0 bytes")
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError("decompression_bomb", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+    return img
+
+
+@contextlib.contextmanager
+def _decode_errors():
+    """PIL's failures as ImageError. Its bomb warning (over Image.MAX_IMAGE_PIXELS) is an error too; PIL raises
+    many types for garbage, told apart from truncation by the message."""
+    from PIL import Image
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError("decompression_bomb", str(exc)) from None
-        except Exception as exc:  # PIL raises many types for garbage
-            raise ImageError("truncated_image" if _looks_truncated(exc) else "undecodable_image",
-                             f"{type(exc).__name__}: {exc}") from None
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageError("decompression_bomb", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-        fmt = img.format or "UNKNOWN"
-        orientation = _orientation(img)
-        try:
-            if orientation != 1:
-                return _transposed(img, fmt, orientation)
-            _check_decodes(img, fmt)
+            yield
         except ImageError:
             raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError("decompression_bomb", str(exc)) from None
         except Exception as exc:
             raise ImageError("truncated_image" if _looks_truncated(exc) else "undecodable_image",
                              f"{type(exc).__name__}: {exc}") from None
-    return data, ImageInfo(fmt, width, height, 1, sha256_hex(data))
 
 
 def _orientation(img) -> int:

@@ -11,7 +11,7 @@ Rules (Kosmos-2, section 2 "Construction of GRIT"):
   the chunk is "a wire hanger" with head lemma "hanger";
 - a chunk expands to the dependency subtree of its root (left_edge..right_edge) unless the root has
   conjuncts; leading/trailing punctuation and coordinating conjunctions are trimmed;
-- an expression contained in another one is dropped (`drop_contained`); each expression keeps the
+- an expression contained in another one is dropped (`drop_contained`, `not_contained`); each expression keeps the
   index of its chunk, so it inherits that chunk's boxes.
 """
 from __future__ import annotations
@@ -299,14 +299,22 @@ class _Tokens:
 
 
 def _ref_exps(t: _Tokens, spans: Sequence[tuple[int, int]], drop_contained: bool) -> list[RefExp]:
-    keep = []
-    for i, (s, e) in enumerate(spans):
-        if drop_contained and any(_contains(spans[j], (s, e), j, i) for j in range(len(spans)) if j != i):
-            continue
-        if not drop_contained and (s, e) in spans[:i]:
-            continue  # the same expression from two chunks: keep the first
-        keep.append(RefExp(t.idx[s], t.end_char(e), t.text(s, e), i))
-    return keep
+    if drop_contained:
+        kept = not_contained(spans)
+    else:  # the same expression from two chunks: keep the first
+        kept = [i for i, span in enumerate(spans) if span not in spans[:i]]
+    exps = []
+    for i in kept:
+        start, end = spans[i]
+        exps.append(RefExp(t.idx[start], t.end_char(end), t.text(start, end), i))
+    return exps
+
+
+def not_contained(spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Indices, in order, of the (start, end) spans that no other span contains; of equal spans the first
+    stays. The Kosmos-2 rule for referring expressions, on token or character spans alike."""
+    return [i for i, inner in enumerate(spans)
+            if not any(j != i and _contains(outer, inner, j, i) for j, outer in enumerate(spans))]
 
 
 def _contains(outer: tuple[int, int], inner: tuple[int, int], outer_i: int, inner_i: int) -> bool:

@@ -17,115 +17,32 @@ Readers yield `("item", item)` or `("reject", row)` (stage "read") per input cap
 
 Inputs: caption tables (Parquet, CSV, JSONL/JSON) with a caption column and an image column (path, bytes or a
 Hugging Face `{"bytes", "path"}` struct); img2dataset webdataset tar shards ({key}.jpg + {key}.txt +
-{key}.json); COCO captions JSON (+ instances JSON for boxes); GRIT-20M parquet. Files are opened through
-Beam's FileSystems, so local paths, gs:// and s3:// work alike.
+{key}.json); COCO captions JSON (+ instances JSON for boxes); GRIT-20M parquet. Tables are read with
+`pipeline.readers.tables` and files open through `pipeline.fs`, so local paths, gs:// and s3:// work alike.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import posixpath
 import tarfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
+from pipeline import fs
 from pipeline.readers.refcoco_parquet import image_field
 from pipeline.readers.refer import id_str, positive_int
+from pipeline.readers.tables import BadRow, iter_table_rows, table_columns
+from pipeline.readers.tables import ReaderError as InputError  # a bad input configuration: fails the run at once
 from transforms.boxes import xywh_to_xyxy
 from transforms.grit import RowError, parse_grit_row
 from transforms.records import reject
 
-TABLE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-               ".json": "json"}
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 GRIT20M_COLUMNS = ("caption", "width", "height", "noun_chunks", "ref_exps")
 GRIT20M_IMAGE_COLUMNS = ("file_name", "image_path", "image", "key")
 ID_COLUMNS = ("image_id", "key", "id")  # a caption table's image id, first present wins
 GRIT20M_READ_COLUMNS = GRIT20M_COLUMNS + GRIT20M_IMAGE_COLUMNS + ("image_id", "id", "url")
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a tar member larger than this is not an image we would keep
-_BATCH_ROWS = 256
-
-
-class InputError(ValueError):
-    """A bad input configuration (no files, unknown type, missing column): fails the run at once."""
-
-
-# ---------------------------------------------------------------- files
-
-def _open(path: str):
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def match_files(pattern: str, option: str) -> list[str]:
-    """Sorted files matching a glob (local, gs://, s3://); InputError when none match."""
-    from pipeline import fs
-
-    try:
-        files = fs.match(pattern)
-    except Exception as exc:  # Beam raises BeamIOError / ValueError for unknown schemes and bad patterns
-        raise InputError(f"{option} {pattern}: {exc}") from None
-    if not files:
-        raise InputError(f"{option}: no files match {pattern}")
-    return files
-
-
-def table_kind(path: str) -> str:
-    lower = path.lower()
-    for ext, kind in TABLE_KINDS.items():
-        if lower.endswith(ext):
-            return kind
-    raise InputError(f"{path}: unsupported file type (expected {', '.join(sorted(TABLE_KINDS))})")
-
-
-def table_columns(path: str) -> list[str]:
-    """Column names of a Parquet file (schema), a CSV file (header) or a JSON/JSONL file (keys of row 1)."""
-    kind = table_kind(path)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        with _open(path) as f:
-            return list(pq.ParquetFile(f).schema_arrow.names)
-    if kind == "csv":
-        with _open(path) as f:
-            return next(csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline="")), [])
-    for row in iter_table_rows(path):
-        return list(row) if isinstance(row, dict) else []
-    return []
-
-
-def iter_table_rows(path: str, columns: Sequence[str] | None = None) -> Iterator[Any]:
-    """Rows of a table file, streamed (a JSON array file is loaded whole). A JSONL line that does not
-    parse is yielded as a `BadLine`. Parquet reads only the `columns` the file has (all when None): released
-    caption sets carry many columns a build never uses."""
-    kind = table_kind(path)
-    with _open(path) as f:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(f)
-            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
-            for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols):
-                yield from batch.to_pylist()
-        elif kind == "csv":
-            yield from csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
-        elif kind == "json" and f.read(4096).lstrip()[:1] == b"[":
-            f.seek(0)
-            yield from json.loads(f.read().decode("utf-8"))
-        else:
-            f.seek(0)
-            for line in io.TextIOWrapper(f, encoding="utf-8"):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        yield BadLine(f"{exc}: {line.strip()[:80]!r}")
-
-
-class BadLine(str):
-    """A JSONL line that is not JSON (its text is the detail)."""
 
 
 # ---------------------------------------------------------------- items
@@ -165,8 +82,7 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
     a caption has no boxes that depend on them (metadata often gives the size before a resize).
     """
     if not isinstance(row, dict):
-        detail = str(row) if isinstance(row, BadLine) else f"row is a {type(row).__name__}, not an object"
-        return "reject", reject(source, "read", "bad_json" if isinstance(row, BadLine) else "bad_row", detail)
+        return "reject", reject(source, "read", "bad_row", f"row is a {type(row).__name__}, not an object")
     caption = _caption(row.get(caption_column))
     data, path = image_field(row.get(image_column))
     if data is None and path is None:
@@ -180,11 +96,20 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
                              file_name=path if data is None else None, image_bytes=data, meta=meta)
 
 
+def _table_items(path: str, columns: tuple, to_item, **kwargs) -> Iterator[tuple[str, dict]]:
+    """`to_item(row, source=..., **kwargs)` for each row of a table; a row that does not parse is a reject."""
+    for index, row in enumerate(iter_table_rows(path, columns)):
+        source = f"{path}#{index}"
+        if isinstance(row, BadRow):
+            yield "reject", reject(source, "read", row.reason, row.detail)
+        else:
+            yield to_item(row, source=source, **kwargs)
+
+
 def read_caption_table(path: str, *, caption_column: str, image_column: str) -> Iterator[tuple[str, dict]]:
     columns = (caption_column, image_column, *ID_COLUMNS, "url")
-    for index, row in enumerate(iter_table_rows(path, columns)):
-        yield caption_row_to_item(row, source=f"{path}#{index}", caption_column=caption_column,
-                                  image_column=image_column)
+    return _table_items(path, columns, caption_row_to_item, caption_column=caption_column,
+                        image_column=image_column)
 
 
 def check_caption_columns(path: str, caption_column: str, image_column: str) -> None:
@@ -233,7 +158,7 @@ def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
     members may be missing)."""
     key, files, too_large = None, {}, []
     try:
-        with _open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with fs.open_read(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -366,8 +291,7 @@ def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
 
 
 def read_grit20m(path: str) -> Iterator[tuple[str, dict]]:
-    for index, row in enumerate(iter_table_rows(path, GRIT20M_READ_COLUMNS)):
-        yield grit20m_row_to_item(row, source=f"{path}#{index}")
+    return _table_items(path, GRIT20M_READ_COLUMNS, grit20m_row_to_item)
 
 
 def check_grit20m_columns(path: str, images: str | None) -> None:

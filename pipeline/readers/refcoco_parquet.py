@@ -12,8 +12,6 @@ Plain Python, no Beam transforms. Each reader yields ref items / read rejects as
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import io
 import json
 import os
@@ -21,10 +19,8 @@ import posixpath
 import re
 from typing import Any, Iterable, Iterator
 
-from pipeline import fs
 from pipeline.readers.refer import (
     ReaderError,
-    _open,
     _Reject,
     _str_keys,
     _text,
@@ -40,6 +36,7 @@ from pipeline.readers.refer import (
     required,
     sentence_texts,
 )
+from pipeline.readers.tables import BadRow, iter_table_rows, match_files, table_columns, table_kind
 from transforms.paths import PathError, safe_join
 
 LAYOUTS = ("lmms", "jxu124")
@@ -55,10 +52,7 @@ _READ_COLUMNS = {
 }
 _SPLIT_NAMES = {"train": "train", "val": "val", "validation": "validation", "test": "test",
                 "testa": "testA", "testb": "testB"}
-_PARQUET_EXT = (".parquet", ".pq")
-_JSON_EXT = (".json", ".jsonl", ".ndjson")
-_BATCH_ROWS = 64
-_BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
+KINDS = ("parquet", "json", "jsonl")  # table kinds a --parquet input may be
 
 
 # ---------------------------------------------------------------- layout, split, files
@@ -90,102 +84,20 @@ def split_from_path(path: str) -> str | None:
 
 def input_files(pattern: str) -> list[str]:
     """Sorted files matching a glob (local, or remote through Beam's FileSystems); ReaderError when none match."""
-    if "://" in pattern:
-        try:
-            files = fs.match(pattern)
-        except Exception as exc:  # Beam raises BeamIOError / ValueError for unknown schemes and bad patterns
-            raise ReaderError(f"--parquet {pattern}: {exc}") from None
-    else:
-        files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-    if not files:
-        raise ReaderError(f"no input files match {pattern}")
-    return files
-
-
-def _kind(path: str) -> str:
-    lower = path.lower()
-    if lower.endswith(_PARQUET_EXT):
-        return "parquet"
-    if lower.endswith(_JSON_EXT):
-        return "json"
-    raise ReaderError(f"{path}: unsupported input file type (expected .parquet, .json or .jsonl)")
+    return match_files(pattern, "--parquet", "no input files match")
 
 
 def file_columns(path: str) -> list[str]:
     """Column names of a Parquet file (its schema) or a JSON/JSONL file (keys of its first row)."""
-    if _kind(path) == "parquet":
-        import pyarrow.parquet as pq
-
-        with _parquet_errors(path), _open(path) as f:
-            return list(pq.ParquetFile(f).schema_arrow.names)
-    for row in _iter_json(path):
-        if isinstance(row, dict):
-            return list(row)
-    return []
+    table_kind(path, KINDS)
+    return table_columns(path)
 
 
 def detect_file_layout(path: str) -> str:
     return detect_layout(file_columns(path))
 
 
-# ---------------------------------------------------------------- row readers
-
-@contextlib.contextmanager
-def _parquet_errors(path: str):
-    """A corrupt or truncated Parquet file is a ReaderError (one unreadable_file reject), not a crash."""
-    import pyarrow as pa
-
-    try:
-        yield
-    except (OSError, pa.ArrowException) as exc:
-        raise ReaderError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-
-
-def _iter_parquet(path: str, layout: str) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    with _parquet_errors(path), _open(path) as f:
-        pf = pq.ParquetFile(f)
-        columns = [c for c in _READ_COLUMNS[layout] if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
-            yield from batch.to_pylist()
-
-
-def _iter_json(path: str) -> Iterator[Any]:
-    """Rows of a JSON array file (loaded whole) or a JSON Lines file (streamed); a JSONL line that does
-    not parse (bad JSON, or bytes that are not UTF-8) yields a _Reject."""
-    with _open(path) as f:
-        first = f.read(4096).lstrip(_BOM_AND_SPACE)[:1]
-        if first == b"[" or (first == b"{" and path.lower().endswith(".json") and _whole_json_object(f)):
-            f.seek(0)
-            try:
-                rows = json.loads(f.read())  # bytes: json detects UTF-8 (with or without BOM), -16, -32
-            except ValueError as exc:
-                raise ReaderError(f"{path}: not valid JSON ({exc})") from None
-            if not isinstance(rows, list):
-                raise ReaderError(f"{path}: expected a JSON array of rows or JSON Lines, got a JSON object")
-            yield from rows
-            return
-        f.seek(0)
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except ValueError as exc:  # UnicodeDecodeError included
-                yield _Reject("bad_json", f"{exc}: {line.decode('utf-8', 'replace').strip()[:80]!r}")
-
-
-def _whole_json_object(f) -> bool:
-    """True when a .json file starting with `{` is one JSON document rather than JSON Lines."""
-    f.seek(0)
-    first_line = f.readline()
-    try:
-        json.loads(first_line)
-        return False
-    except ValueError:
-        return True
-
+# ---------------------------------------------------------------- row functions
 
 def image_field(value: Any) -> tuple[bytes | None, str | None]:
     """(bytes, path) of an image column: a Hugging Face `{"bytes", "path"}` struct, raw bytes or a path."""
@@ -323,7 +235,7 @@ def read_refcoco_file(path: str, *, dataset: str, layout: str = "auto", split: s
     box format ("xywh" for lmms, "xyxy" for jxu124). Raises ReaderError for a bad configuration."""
     check_dataset(dataset)
     check_bbox_format(bbox_format)
-    kind = _kind(path)
+    table_kind(path, KINDS)
     if layout == "auto":
         layout = detect_file_layout(path)
     elif layout not in LAYOUTS:
@@ -331,10 +243,9 @@ def read_refcoco_file(path: str, *, dataset: str, layout: str = "auto", split: s
     file_split = split or split_from_path(path)
     if layout == "lmms" and not file_split:
         raise ReaderError(f"{path}: cannot tell the split from the file name; pass --split")
-    rows = _iter_parquet(path, layout) if kind == "parquet" else _iter_json(path)
-    for position, row in enumerate(rows):
+    for position, row in enumerate(iter_table_rows(path, _READ_COLUMNS[layout])):
         source = f"{path}#row={position}"
-        if isinstance(row, _Reject):
+        if isinstance(row, BadRow):
             yield make_reject(source, row.reason, row.detail)
         elif layout == "lmms":
             yield lmms_row_to_item(row, dataset=dataset, split=file_split, source=source, bbox_format=bbox_format)
@@ -352,7 +263,7 @@ def resolve_inputs(pattern: str, layout: str = "auto", split: str | None = None)
         raise ReaderError(f"unknown input layout {layout!r}: expected auto, {' or '.join(LAYOUTS)}")
     files = input_files(pattern)
     for path in files:
-        _kind(path)
+        table_kind(path, KINDS)
     if layout == "auto":
         layout = detect_file_layout(files[0])
     if layout == "lmms" and not split:

@@ -21,15 +21,12 @@ import re
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from pipeline import fs
+from pipeline.readers.tables import ReaderError  # every reader raises it; re-exported here
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 # (dataset -> split_by values that exist in lichengunc/refer)
 SPLIT_BY = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("google", "umd")}
 TRAIN_SPLIT = "train"
-
-
-class ReaderError(ValueError):
-    """A configuration or whole-file problem: the run stops with this one-line message."""
 
 
 class UnsafePickleError(ReaderError):
@@ -164,7 +161,7 @@ def safe_load_pickle(path_or_file: Any) -> Any:
         data, name = path_or_file.read(), getattr(path_or_file, "name", "<pickle data>")
     else:
         name = str(path_or_file)
-        with _open(name) as f:
+        with fs.open_read(name) as f:
             data = f.read()
     try:
         try:
@@ -180,16 +177,6 @@ def safe_load_pickle(path_or_file: Any) -> Any:
 
 
 # ---------------------------------------------------------------- value helpers
-
-def _open(path: str):
-    """A binary file: local paths directly, remote ones (gs://, s3://) through Beam's FileSystems, as every
-    other reader and the shard writer do (so a Dataflow run needs no extra filesystem package)."""
-    if "://" not in path:
-        return open(path, "rb")
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
 
 def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
@@ -364,7 +351,7 @@ def parse_exclude_images(text: str) -> frozenset[str]:
 def read_exclude_images(path: str) -> frozenset[str]:
     """Read an `--exclude-images FILE`. A missing file is a ReaderError."""
     try:
-        with _open(str(path)) as f:
+        with fs.open_read(str(path)) as f:
             data = f.read()
     except FileNotFoundError:
         raise ReaderError(f"--exclude-images file not found: {path}") from None
@@ -397,7 +384,7 @@ def refer_paths(refer_dir: str, dataset: str, split_by: str) -> tuple[str, str]:
 def load_instances(path: str) -> ReferIndex:
     """Index instances.json by image id and annotation id (string ids, canonical for images)."""
     try:
-        with _open(str(path)) as f:
+        with fs.open_read(str(path)) as f:
             data = json.load(f)
     except ValueError as exc:
         raise ReaderError(f"{path}: not valid JSON ({exc})") from None
