@@ -107,7 +107,8 @@ def decode_image(image) -> tuple[Any, int]:
     decoded by `transforms.images.decode_image`: the checks and reject reasons of the image stage."""
     from PIL import Image
 
-    from transforms.images import ImageError, decode_image as decode_bytes
+    from transforms.images import ImageError
+    from transforms.images import decode_image as decode_bytes
 
     if isinstance(image, Mapping):
         image = image.get("bytes")
