@@ -61,6 +61,17 @@ def run_cli(args: list[str], expect_exit: int | None = 0):
     return result
 
 
+def build_cli(builder: str, tmp_path: Path, args, name: str = "out", expect_exit: int | None = 0):
+    """Run `groundforge build <builder> ... --out tmp_path/name` on the in-memory runner -> (out, result)."""
+    out = tmp_path / name
+    result = run_cli(["build", builder, *args, "--out", out, *FAST_BEAM], expect_exit=expect_exit)
+    return out, result
+
+
+def info_of(out: Path) -> dict:
+    return json.loads((out / "dataset_info.json").read_text())
+
+
 def read_rows(out: Path, sub: str = "data") -> list[dict]:
     import pyarrow.parquet as pq
 

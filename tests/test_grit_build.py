@@ -15,19 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
+from tests.conftest import build_cli, info_of, jpeg_bytes, read_rows, run_cli, write_coco
 
 SAMPLE_W, SAMPLE_H = 320, 240
 
 
 def build(tmp_path, args, name="out", expect_exit=0):
-    out = tmp_path / name
-    result = run_cli(["build", "grit", *args, "--out", out, *FAST_BEAM], expect_exit=expect_exit)
-    return out, result
-
-
-def info_of(out):
-    return json.loads((out / "dataset_info.json").read_text())
+    return build_cli("grit", tmp_path, args, name, expect_exit)
 
 
 def rejects_of(out):

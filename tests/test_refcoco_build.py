@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import fixtures_refcoco as fx
-from tests.conftest import FAST_BEAM, read_rows, run_cli
+from tests.conftest import FAST_BEAM, build_cli, info_of, read_rows, run_cli
 
 # (width, height) per fixture image id, as the image files are written
 SIZES = {str(i): (w, h) for i, (_, w, h) in fx.IMAGES.items()}
@@ -42,13 +42,7 @@ def florence():
 
 
 def build(tmp_path, args, name="out", expect_exit=0):
-    out = tmp_path / name
-    result = run_cli(["build", "refcoco", *args, "--out", out, *FAST_BEAM], expect_exit=expect_exit)
-    return out, result
-
-
-def info_of(out):
-    return json.loads((out / "dataset_info.json").read_text())
+    return build_cli("refcoco", tmp_path, args, name, expect_exit)
 
 
 def split_tasks(out):
