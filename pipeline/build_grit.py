@@ -36,7 +36,7 @@ from pipeline.readers.captions import (
     read_grit20m,
     read_webdataset,
 )
-from pipeline.readers.coco import REJECTS, STATS
+from pipeline.readers.coco import REJECTS, STATS, load_image
 from pipeline.readers.refer import canonical_image_id
 from pipeline.readers.tables import match_files
 from pipeline.sample import SAMPLE_DIR
@@ -317,11 +317,15 @@ class LoadImageFn(beam.DoFn):
         if not self.images:
             raise ImageError("missing_image", f"{item['file_name']}: no --images directory was given")
         names = (item["file_name"], *item["alt_file_names"])
-        paths = [safe_join(self.images, name) for name in names]
-        for name, path in zip(names, paths):
-            if fs.exists(path):
-                return (*prepare_image(fs.read_bytes(path), self.max_pixels), name)
-        raise ImageError("missing_image", paths[0])
+        for name in names:
+            safe_join(self.images, name)  # every candidate must stay inside the root, found or not
+        for name in names:
+            try:
+                return (*load_image(self.images, name, self.max_pixels), name)
+            except ImageError as err:
+                if err.reason != "missing_image":
+                    raise
+        raise ImageError("missing_image", safe_join(self.images, names[0]))
 
 
 # ---------------------------------------------------------------- grounding

@@ -116,11 +116,11 @@ def load_image(images_root: str, file_name: str, max_pixels: int = DEFAULT_MAX_P
     truncated_image, decompression_bomb).
     """
     path = safe_join(images_root, file_name)
-    if not fs.exists(path):
-        raise ImageError("missing_image", path)
     try:
         data = fs.read_bytes(path)
-    except OSError as exc:
+    except OSError as exc:  # existence is asked only on failure: one request per image on gs:// or s3://
+        if isinstance(exc, FileNotFoundError) or not fs.exists(path):
+            raise ImageError("missing_image", path) from None
         raise ImageError("unreadable_image", f"{path}: {type(exc).__name__}") from None
     return prepare_image(data, max_pixels)
 
