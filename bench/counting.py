@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.sample import SAMPLE_DIR  # noqa: E402
+from groundforge.pipeline.sample import SAMPLE_DIR  # noqa: E402
 
 
 def scaled_coco(total: int, out: Path) -> Path:
@@ -76,7 +76,7 @@ def run_size(total: int, runner_args: str) -> tuple[int, float, int, float]:
         t0 = time.perf_counter()
         n_base = baseline(coco, SAMPLE_DIR / "images", tmp)
         t_base = time.perf_counter() - t0
-        cmd = [sys.executable, "-m", "pipeline.cli", "build", "counting", "--coco", str(coco),
+        cmd = [sys.executable, "-m", "groundforge.pipeline.cli", "build", "counting", "--coco", str(coco),
                "--images", str(SAMPLE_DIR / "images"), "--out", str(tmp / "gf"), *shlex.split(runner_args)]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.sample import SAMPLE_DIR  # noqa: E402
+from groundforge.pipeline.sample import SAMPLE_DIR  # noqa: E402
 
 
 def sample_elements(total: int) -> list[dict]:
@@ -98,7 +98,7 @@ def pipeline_run(model_dir: str, elements: list[dict], batch_size: int, device: 
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.detect import DetectorHandler
+    from groundforge.pipeline.detect import DetectorHandler
 
     handler = DetectorHandler(model_dir, device=device, dtype=dtype, batch_size=batch_size)
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def warm_up(model_dir: str, device: str, dtype: str, elements: list[dict]) -> fl
     """One load + forward before timing (CUDA context, kernels, file cache); returns the load seconds."""
     from PIL import Image
 
-    from pipeline.detect import LoadedDetector
+    from groundforge.pipeline.detect import LoadedDetector
 
     start = time.perf_counter()
     det = LoadedDetector(model_dir, device, dtype)
@@ -142,7 +142,8 @@ def main() -> None:
 
     import torch
 
-    from tests.test_detect import make_owlv2
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import make_owlv2  # the tests' offline tiny/full-size OWLv2 builder
 
     total = args.images or (128 if args.full else 64)
     elements = sample_elements(total)

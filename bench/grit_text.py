@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transforms.nounphrases import extract, load_spacy  # noqa: E402
+from groundforge.transforms.nounphrases import extract, load_spacy  # noqa: E402
 
 SUBJECTS = ["a dog", "two cats", "a young woman", "an old man", "a red car", "three children",
             "a brown horse", "a wire hanger", "a small boat", "a group of people"]
@@ -60,7 +60,7 @@ def beam_stage(model, nlp, texts, batch_size):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.nlp import SpacyHandler
 
     handler = SpacyHandler(model, batch_size=batch_size, drop_contained=False)  # as build_grit runs it
     with beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory"])) as p:

@@ -30,8 +30,8 @@ def write_bench_shards(folder: str, n: int, width: int, height: int, files: int 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from schemas import record_arrow_schema
-    from transforms.templates import render_record
+    from groundforge.schemas import record_arrow_schema
+    from groundforge.transforms.templates import render_record
 
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
@@ -60,8 +60,8 @@ def data_rate(shards: str, processor, batch_size: int, num_workers: int, batches
     import torch
     from torch.utils.data import DataLoader
 
-    from train.collate import Florence2Collator
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.data import ShardStream, discover, list_units
 
     ds = ShardStream(list_units(discover([shards])), shuffle_buffer=256)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=Florence2Collator(processor),
@@ -80,7 +80,7 @@ def model_rate(model, batch: dict, device, amp_dtype, steps: int) -> tuple[float
     fp16 GradScaler, clipping, AdamW); returns (samples/s, peak GPU memory in GiB or None)."""
     import torch
 
-    from train.loop import train_step
+    from groundforge.train.loop import train_step
 
     inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -126,8 +126,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from train.model import apply_lora, freeze_vision, load_model, load_processor, resolve_amp_dtype, resolve_device
-    from train.tiny import save_random_florence2
+    from groundforge.train.model import apply_lora, freeze_vision, load_model, load_processor, resolve_amp_dtype, resolve_device
+    from groundforge.train.tiny import save_random_florence2
 
     device = resolve_device(args.device)
     amp_dtype = resolve_amp_dtype(args.dtype, device)
@@ -164,8 +164,8 @@ def main(argv=None) -> None:
 def _one_batch(shards, processor, batch_size):
     from torch.utils.data import DataLoader
 
-    from train.collate import Florence2Collator
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.data import ShardStream, discover, list_units
 
     ds = ShardStream(list_units(discover([shards])), epochs=1, shuffle=False)
     return DataLoader(ds, batch_size=batch_size, collate_fn=Florence2Collator(processor))

@@ -4,13 +4,13 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.readers.coco import REJECTS, STATS, ExpandCoco, load_image
-from pipeline.readers.refer import canonical_image_id
-from pipeline.writer import WriteDataset, image_groups, start_output
-from transforms.counting import Categories, count_image, counting_records
-from transforms.images import ImageError
-from transforms.paths import PathError
-from transforms.records import reject, rendered
+from groundforge.pipeline.readers.coco import REJECTS, STATS, ExpandCoco, load_image
+from groundforge.pipeline.readers.refer import canonical_image_id
+from groundforge.pipeline.writer import WriteDataset, image_groups, start_output
+from groundforge.transforms.counting import Categories, count_image, counting_records
+from groundforge.transforms.images import ImageError
+from groundforge.transforms.paths import PathError
+from groundforge.transforms.records import reject, rendered
 
 
 class CountingFn(beam.DoFn):

@@ -25,9 +25,9 @@ import apache_beam as beam
 import click
 import pyarrow as pa
 
-from pipeline import fs
-from pipeline.options import check_dir, check_split, parse_tasks
-from pipeline.readers.captions import (
+from groundforge.pipeline import fs
+from groundforge.pipeline.options import check_dir, check_split, parse_tasks
+from groundforge.pipeline.readers.captions import (
     InputError,
     check_caption_columns,
     check_grit20m_columns,
@@ -36,18 +36,18 @@ from pipeline.readers.captions import (
     read_grit20m,
     read_webdataset,
 )
-from pipeline.readers.coco import REJECTS, STATS, load_image
-from pipeline.readers.refer import canonical_image_id
-from pipeline.readers.tables import match_files
-from pipeline.sample import SAMPLE_DIR
-from pipeline.writer import Table, WriteDataset, grouped_outputs, start_output
-from transforms.codecs import find_special_tokens
-from transforms.grit import RowError, concept_key, grit_row, parse_grit_row, selection_rank
-from transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
-from transforms.images import ImageError, prepare_image
-from transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL, RefExp, not_contained
-from transforms.paths import PathError, safe_join
-from transforms.records import make_object, make_record, record_id, reject, rendered
+from groundforge.pipeline.readers.coco import REJECTS, STATS, load_image
+from groundforge.pipeline.readers.refer import canonical_image_id
+from groundforge.pipeline.readers.tables import match_files
+from groundforge.pipeline.sample import SAMPLE_DIR
+from groundforge.pipeline.writer import Table, WriteDataset, grouped_outputs, start_output
+from groundforge.transforms.codecs import find_special_tokens
+from groundforge.transforms.grit import RowError, concept_key, grit_row, parse_grit_row, selection_rank
+from groundforge.transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
+from groundforge.transforms.images import ImageError, prepare_image
+from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL, RefExp, not_contained
+from groundforge.transforms.paths import PathError, safe_join
+from groundforge.transforms.records import make_object, make_record, record_id, reject, rendered
 
 BUILDER = "grit"
 TASKS = ("grounded_caption", "rec")
@@ -198,8 +198,8 @@ def text_stage(items, text: Text):
     chunk's expression is kept here: contained ones are dropped after grounding (FilterFn)."""
     from apache_beam.ml.inference.base import RunInference
 
-    from pipeline.detect import dlq_to_rejects
-    from pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.detect import dlq_to_rejects
+    from groundforge.pipeline.nlp import SpacyHandler
 
     handler = SpacyHandler(text.spacy_model, batch_size=text.batch_size, abstract_nouns=text.abstract_nouns,
                            drop_contained=False)
@@ -331,7 +331,7 @@ class LoadImageFn(beam.DoFn):
 # ---------------------------------------------------------------- grounding
 
 def _ground_annotations(item):
-    from transforms.grounding import ground_with_annotations
+    from groundforge.transforms.grounding import ground_with_annotations
 
     detections = ground_with_annotations(item["chunks"], item["annotations"] or [])
     return {**item, "detections": [tuple(d) for d in detections]}
@@ -348,7 +348,7 @@ def _detections(result):
 
 
 def make_handler(grounder: str, model: str, grounding: Grounding, min_score: float):
-    from pipeline.detect import DetectorHandler, Florence2GroundingHandler
+    from groundforge.pipeline.detect import DetectorHandler, Florence2GroundingHandler
 
     common = dict(device=grounding.device, dtype=grounding.dtype, batch_size=grounding.batch_size,
                   trust_remote_code=grounding.trust_remote_code)
@@ -363,7 +363,7 @@ def ground(items, settings: Settings, grounding: Grounding):
         return items | "GroundAnnotations" >> beam.Map(_ground_annotations), None
     from apache_beam.ml.inference.base import RunInference
 
-    from pipeline.detect import dlq_to_rejects
+    from groundforge.pipeline.detect import dlq_to_rejects
 
     threshold = settings.filters.get("score_threshold")
     handler = make_handler(settings.grounder, settings.model, grounding, threshold or 0.0)
@@ -440,7 +440,7 @@ class FilterFn(_PairOutputs):
     a surviving box are counted (`pairs_without_box`); the rest become annotation rows and records."""
 
     def process(self, item):
-        from transforms.grounding import filter_detections
+        from groundforge.transforms.grounding import filter_detections
 
         kept = filter_detections(item["detections"], item["width"], item["height"], n_chunks=len(item["chunks"]),
                                  **self.s.filters)
@@ -487,7 +487,7 @@ class GritRowFn(_PairOutputs):
 def build_grit(*, source: Source, settings: Settings, text: Text, grounding: Grounding, balance: Balance | None,
                out: str, num_shards: int | None, shard_size_mb: float, options, args: dict, **recorded) -> None:
     """`recorded`: scalar descriptions of the inputs and options, only kept in dataset_info.json's args."""
-    from schemas import arrow_schema_for
+    from groundforge.schemas import arrow_schema_for
 
     start_output(out)
     with beam.Pipeline(options=options) as p:
@@ -588,8 +588,8 @@ def resolve_grounder(source: Source, grounder: str | None, model: str | None) ->
 
 def grit_command():
     """The click command; built on demand so pipeline.cli can register it without a circular import."""
-    from pipeline.cli import BEAM_CONTEXT, output_options, read_id_file, run_builder
-    from pipeline.detect import DEVICES, DTYPES
+    from groundforge.pipeline.cli import BEAM_CONTEXT, output_options, read_id_file, run_builder
+    from groundforge.pipeline.detect import DEVICES, DTYPES
 
     @click.command("grit", context_settings=BEAM_CONTEXT)
     @click.option("--captions", default=None, help="GLOB of caption tables (.parquet, .csv, .jsonl/.json) with a "
@@ -653,7 +653,7 @@ def grit_command():
         """GRIT-style grounded captions (Kosmos-2): spaCy noun chunks and referring expressions, grounded by COCO
         boxes, a zero-shot detector or Florence-2, filtered, written as `grounded_caption` and `rec` records plus
         GRIT-20M style OUT/annotations/. Default input: the shipped sample with --grounder annotations."""
-        from transforms.nounphrases import SpacyModelError, load_spacy
+        from groundforge.transforms.nounphrases import SpacyModelError, load_spacy
 
         task_list = parse_tasks(tasks, TASKS)
         try:

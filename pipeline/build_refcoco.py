@@ -20,11 +20,11 @@ from typing import NamedTuple
 import apache_beam as beam
 import click
 
-from pipeline import fs
-from pipeline.options import check_dir, check_split, parse_tasks
-from pipeline.readers.coco import REJECTS, STATS, load_image
-from pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
-from pipeline.readers.refer import (
+from groundforge.pipeline import fs
+from groundforge.pipeline.options import check_dir, check_split, parse_tasks
+from groundforge.pipeline.readers.coco import REJECTS, STATS, load_image
+from groundforge.pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
+from groundforge.pipeline.readers.refer import (
     DATASETS,
     ReaderError,
     dedupe_sentences,
@@ -37,12 +37,12 @@ from pipeline.readers.refer import (
     refer_paths,
     sort_image_ids,
 )
-from pipeline.sample import SAMPLE_DIR
-from pipeline.writer import WriteDataset, grouped_outputs, start_output
-from transforms.boxes import BoxError, checked_box
-from transforms.images import ImageError, prepare_image
-from transforms.paths import PathError
-from transforms.records import make_object, make_record, record_id, reject, rendered
+from groundforge.pipeline.sample import SAMPLE_DIR
+from groundforge.pipeline.writer import WriteDataset, grouped_outputs, start_output
+from groundforge.transforms.boxes import BoxError, checked_box
+from groundforge.transforms.images import ImageError, prepare_image
+from groundforge.transforms.paths import PathError
+from groundforge.transforms.records import make_object, make_record, record_id, reject, rendered
 
 BUILDER = "refcoco"
 HOLDOUT_FILE = "holdout_image_ids.txt"
@@ -273,7 +273,7 @@ def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layou
 
 def refcoco_command():
     """The click command; built on demand so pipeline.cli can register it without a circular import."""
-    from pipeline.cli import BEAM_CONTEXT, output_options, read_id_file, run_builder
+    from groundforge.pipeline.cli import BEAM_CONTEXT, output_options, read_id_file, run_builder
 
     @click.command("refcoco", context_settings=BEAM_CONTEXT)
     @click.option("--refer-dir", default=None, help="refer DATA_ROOT holding <dataset>/refs(<split_by>).p and "

@@ -11,10 +11,10 @@ import sys
 
 import click
 
-from pipeline import fs
-from pipeline.shards import iter_rows, load_info
-from schemas import record_arrow_schema, record_errors, reject_arrow_schema
-from transforms.paths import safe_join
+from groundforge.pipeline import fs
+from groundforge.pipeline.shards import iter_rows, load_info
+from groundforge.schemas import record_arrow_schema, record_errors, reject_arrow_schema
+from groundforge.transforms.paths import safe_join
 
 MAX_LISTED = 50
 

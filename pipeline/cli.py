@@ -11,8 +11,8 @@ import click
 # Beam logs this on import whenever the gcp extra is absent, which is the normal local install.
 logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
 
-from pipeline.options import check_split
-from pipeline.sample import SAMPLE_DIR
+from groundforge.pipeline.options import check_split
+from groundforge.pipeline.sample import SAMPLE_DIR
 
 BEAM_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
 FORMATS = ("florence2", "kosmos2", "paligemma", "qwen2vl", "qwen25vl", "shikra")
@@ -51,14 +51,14 @@ def output_options(fn):
 
 def read_id_file(path: str | None) -> frozenset:
     """Ids from an --exclude-images file (one per line, '#' comments; numeric ids lose leading zeros)."""
-    from pipeline.readers.refer import read_exclude_images
+    from groundforge.pipeline.readers.refer import read_exclude_images
 
     return read_exclude_images(path) if path else frozenset()
 
 
 def run_builder(fn, out: str, beam_args: list[str], **kwargs) -> None:
     """Run a builder with Beam options, then print the summary; exit 1 when nothing was written."""
-    from pipeline.options import pipeline_options
+    from groundforge.pipeline.options import pipeline_options
 
     options = pipeline_options(beam_args)
     args = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -71,8 +71,8 @@ def run_builder(fn, out: str, beam_args: list[str], **kwargs) -> None:
 
 
 def print_summary(out: str) -> dict | None:
-    from pipeline import fs
-    from pipeline.writer import INFO_FILE
+    from groundforge.pipeline import fs
+    from groundforge.pipeline.writer import INFO_FILE
 
     path = fs.join(out, INFO_FILE)
     if not fs.exists(path):  # a non-blocking remote run (e.g. Dataflow without waiting)
@@ -115,7 +115,7 @@ def build_counting_cmd(ctx, coco, images, split, dataset_name, image_mode, out, 
                        exclude_images, max_pixels):
     """Counting questions: one `counting` record (JSON of all class counts) and one `count_class` record per class
     per image, from COCO boxes."""
-    from pipeline.build_counting import build_counting
+    from groundforge.pipeline.build_counting import build_counting
 
     if coco is None:
         coco, images = str(SAMPLE_DIR / "instances.json"), images or str(SAMPLE_DIR / "images")
@@ -128,15 +128,15 @@ def build_counting_cmd(ctx, coco, images, split, dataset_name, image_mode, out, 
 
 def _register() -> None:
     """Commands defined beside their code: render/validate/preview here, train/eval in train/."""
-    from pipeline.checks import preview_cmd, validate_cmd
-    from pipeline.render import render_cmd
-    from train.cli import eval_command, train_command
+    from groundforge.pipeline.checks import preview_cmd, validate_cmd
+    from groundforge.pipeline.render import render_cmd
+    from groundforge.train.cli import eval_command, train_command
 
     for command in (render_cmd, validate_cmd, preview_cmd, train_command, eval_command):
         main.add_command(command)
-    from pipeline.build_refcoco import refcoco_command
+    from groundforge.pipeline.build_refcoco import refcoco_command
     build.add_command(refcoco_command())
-    from pipeline.build_grit import grit_command
+    from groundforge.pipeline.build_grit import grit_command
     build.add_command(grit_command())
 
 

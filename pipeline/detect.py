@@ -35,8 +35,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.grounding import detections_from_output, detector_queries
-from transforms.records import reject
+from groundforge.transforms.grounding import detections_from_output, detector_queries
+from groundforge.transforms.records import reject
 
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("float16", "bfloat16", "float32")
@@ -107,8 +107,8 @@ def decode_image(image) -> tuple[Any, int]:
     decoded by `transforms.images.decode_image`: the checks and reject reasons of the image stage."""
     from PIL import Image
 
-    from transforms.images import ImageError
-    from transforms.images import decode_image as decode_bytes
+    from groundforge.transforms.images import ImageError
+    from groundforge.transforms.images import decode_image as decode_bytes
 
     if isinstance(image, Mapping):
         image = image.get("bytes")
@@ -135,7 +135,7 @@ def prepare(element, need_caption: bool = False) -> Prepared:
     if need_caption and (not isinstance(caption, str) or not caption.strip()):
         raise GroundingError("empty_caption", f"caption is {caption!r}"[:200])
     if need_caption:
-        from transforms.codecs import find_special_tokens
+        from groundforge.transforms.codecs import find_special_tokens
 
         found = find_special_tokens(caption)
         if found:
@@ -506,7 +506,7 @@ def florence_detections(text: str, chunk_texts: Sequence[str], width: int, heigh
     Parsed with the project's florence2 codec; each phrase goes to every chunk whose `phrase_key` is
     equal; `unmatched` counts boxes whose phrase names no chunk.
     """
-    from transforms.codecs import get_codec
+    from groundforge.transforms.codecs import get_codec
 
     by_key: dict[str, list[int]] = {}
     for i, chunk in enumerate(chunk_texts):

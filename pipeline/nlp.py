@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
+from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
 
 
 def caption_of(element) -> str:
@@ -39,13 +39,13 @@ class SpacyHandler(ModelHandler):
         self._drop_contained = drop_contained
 
     def load_model(self):
-        from transforms.nounphrases import load_spacy
+        from groundforge.transforms.nounphrases import load_spacy
 
         return load_spacy(self._model)
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        from transforms.nounphrases import iter_extract
+        from groundforge.transforms.nounphrases import iter_extract
 
         phrases = iter_extract([caption_of(e) for e in batch], model, batch_size=len(batch),
                                abstract_nouns=self._abstract, drop_contained=self._drop_contained)

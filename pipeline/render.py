@@ -8,9 +8,9 @@ from __future__ import annotations
 import apache_beam as beam
 import click
 
-from pipeline.shards import iter_rows, load_info, shard_paths
-from pipeline.writer import WriteDataset, grouped_outputs, start_output
-from transforms.records import reject, rendered
+from groundforge.pipeline.shards import iter_rows, load_info, shard_paths
+from groundforge.pipeline.writer import WriteDataset, grouped_outputs, start_output
+from groundforge.transforms.records import reject, rendered
 
 REJECTS = "rejects"
 
@@ -57,7 +57,7 @@ def render_dataset(*, src: str, out: str, fmt: str, seed: int, num_shards, shard
 @click.pass_context
 def render_cmd(ctx, src, out, fmt, seed, num_shards, shard_size_mb):
     """Re-render the shards of --in for --format into --out, without touching images or boxes."""
-    from pipeline.cli import run_builder
+    from groundforge.pipeline.cli import run_builder
 
     try:
         load_info(src)

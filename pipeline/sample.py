@@ -1,6 +1,6 @@
 """The embedded sample: 50 simple deterministic scenes with COCO boxes, captions and refer-style expressions.
 
-`python -m pipeline.sample [DIR]` regenerates pipeline/sample_data/ (committed, so builds never depend on
+`python -m groundforge.pipeline.sample [DIR]` regenerates pipeline/sample_data/ (committed, so builds never depend on
 this script): images/*.jpg, instances.json (COCO detection), captions.json (COCO captions) and
 refcoco/refs(unc).p + refcoco/instances.json (the lichengunc/refer layout, pickle protocol 2).
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 import io
 import json
 
-from pipeline import fs
-from pipeline.writer import INFO_FILE
+from groundforge.pipeline import fs
+from groundforge.pipeline.writer import INFO_FILE
 
 
 def load_info(out_dir: str) -> dict:

@@ -20,9 +20,9 @@ from typing import Any, Callable, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline import fs
-from schemas import record_arrow_schema, reject_arrow_schema
-from transforms.records import BUILDER_VERSION, bucket, reject
+from groundforge.pipeline import fs
+from groundforge.schemas import record_arrow_schema, reject_arrow_schema
+from groundforge.transforms.records import BUILDER_VERSION, bucket, reject
 
 INFO_FILE = "dataset_info.json"
 MAX_ROWS_PER_GROUP = 1000

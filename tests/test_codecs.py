@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from transforms.codecs import FORMATS, find_special_tokens, get_codec, smart_resize
+from groundforge.transforms.codecs import FORMATS, find_special_tokens, get_codec, smart_resize
 
 SIZES = [(640, 480), (1, 1), (333, 517), (4032, 3024), (1000, 1000), (2000, 3), (7, 5000), (1920, 1080)]
 
@@ -114,7 +114,7 @@ def test_florence2_decode_matches_post_process_generation(florence_processor, ta
 
 
 def test_florence2_rendered_targets_parse_with_transformers(florence_processor):
-    from transforms.templates import render_record
+    from groundforge.transforms.templates import render_record
 
     w, h = 640, 480
     caption = "A man walks two dogs in a park."
@@ -190,7 +190,7 @@ def test_kosmos2_dequantize_matches_patch_index_to_coordinate():
 def test_kosmos2_decode_matches_clean_text_and_extract_entities():
     from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
 
-    from transforms.templates import render_record
+    from groundforge.transforms.templates import render_record
 
     w, h = 640, 480
     caption = "A man walks two dogs in a park."

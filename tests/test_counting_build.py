@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from pipeline.readers.coco import image_items, load_image
-from tests.conftest import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
-from transforms.counting import categories_from_coco, count_image
-from transforms.images import ImageError
+from groundforge.pipeline.readers.coco import image_items, load_image
+from helpers import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
+from groundforge.transforms.counting import categories_from_coco, count_image
+from groundforge.transforms.images import ImageError
 
 
 def build(tmp_path, coco, extra=(), out_name="out", expect_exit=0):
@@ -166,8 +166,8 @@ def test_unreadable_image_file_is_an_image_error(tmp_path):
 
 
 def test_image_mode_path(tmp_path):
-    from pipeline.build_counting import build_counting
-    from pipeline.options import pipeline_options
+    from groundforge.pipeline.build_counting import build_counting
+    from groundforge.pipeline.options import pipeline_options
 
     coco = write_coco(tmp_path, [{"id": 1, "file_name": "sub/a.jpg", "width": 20, "height": 10}],
                       [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}])

@@ -15,188 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_BEAM, jpeg_bytes
-
-# Words the tiny tokenizer knows whole; any other lower-case text still tokenizes, char by char.
-WORDS = ("a", "an", "the", "dog", "dogs", "cat", "cats", "two", "red", "couch", "remote", "in", "on", "and",
-         "of", "field", "flowers", "wire", "hanger", "paper", "cover", "person", "man", "woman", "sofa")
-CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
-
-
-def write_clip_bpe(directory: Path, words=WORDS) -> None:
-    """vocab.json + merges.txt of a tiny CLIP BPE: single chars, `</w>` ends, merges spelling `words`.
-    Like CLIP, pad is "!" (id 0) and <|startoftext|>/<|endoftext|> are the two highest ids (OWL pools the
-    text at the argmax id, i.e. at end-of-text)."""
-    vocab: dict[str, int] = {"!": 0}
-    for c in CHARS:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges: list[str] = []
-    for word in words:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merge = f"{parts[0]} {parts[1]}"
-            if merge not in merges:
-                merges.append(merge)
-            parts = [parts[0] + parts[1]] + parts[2:]
-            vocab.setdefault(parts[0], len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-
-
-def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
-    """Save a random-weight OWLv2 + processor to `directory` (no download).
-
-    Tiny (default): 2-layer 32-wide towers, 64x64 input, 16 px patches (16 boxes per image), 16-token text.
-    `full=True`: Owlv2Config() defaults with 960 px vision input, the size of google/owlv2-base-patch16 (3600 boxes),
-    with the tiny tokenizer (ids stay inside the full 49408-token embedding).
-    """
-    import torch
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
-    try:
-        from transformers import Owlv2ImageProcessor as ImageProcessor
-        ImageProcessor()  # needs torchvision
-    except ImportError:
-        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil as ImageProcessor
-
-    directory = Path(directory)
-    write_clip_bpe(directory / "tok")
-    vocab = json.loads((directory / "tok" / "vocab.json").read_text())
-    text_len = 16
-    tokenizer = CLIPTokenizer.from_pretrained(directory / "tok", pad_token="!", model_max_length=text_len)
-    if full:  # Owlv2Config()'s vision tower defaults to 768 px; google/owlv2-base-patch16 runs at 960
-        config = Owlv2Config(vision_config={"image_size": 960})
-        image_processor = ImageProcessor()
-    else:
-        config = Owlv2Config(
-            text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                             num_attention_heads=2, max_position_embeddings=text_len,
-                             bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                             pad_token_id=0),
-            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=64, patch_size=16),
-            projection_dim=32)
-        image_processor = ImageProcessor(size={"height": 64, "width": 64})
-    torch.manual_seed(seed)
-    model = Owlv2ForObjectDetection(config).eval()
-    with torch.no_grad():  # boxes = the patch-grid prior (see module docstring)
-        model.box_head.dense2.weight.zero_()
-        model.box_head.dense2.bias.zero_()
-    out = directory / "owlv2"
-    model.save_pretrained(out)
-    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
-def make_grounding_dino(directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random-weight Grounding DINO (Swin + BERT, 10 queries) with a word-level BERT vocab."""
-    import torch
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
-
-    directory = Path(directory)
-    (directory / "tok").mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + list(WORDS) + list(CHARS.replace(".", ""))
-    (directory / "tok" / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizer.from_pretrained(directory / "tok")
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                                   image_size=32, out_features=["stage2", "stage3", "stage4"]),
-        text_config=BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=37, max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=32,
-        encoder_n_points=2, decoder_n_points=2)
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    out = directory / "grounding_dino"
-    model.save_pretrained(out)
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 64})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
-def make_florence2(directory: Path, answer: str | None = None, seed: int = 0) -> Path:
-    """Save a tiny random-weight Florence-2 in transformers' native format: byte-level BPE tokenizer with the
-    image token and the 1000 <loc_i> tokens, 32x32 input (4x4 patches + 1 pooled = 17 image tokens).
-
-    With `answer`, the saved generation config carries a `sequence_bias` of +100 on each prefix of
-    `</s>answer</s>`, so greedy or beam generation writes exactly `answer` whatever the image and prompt.
-    """
-    import torch
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (
-        BartConfig,
-        BartTokenizer,
-        Florence2Config,
-        Florence2ForConditionalGeneration,
-        Florence2Processor,
-        GenerationConfig,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
-
-    directory = Path(directory)
-    (directory / "tok").mkdir(parents=True, exist_ok=True)
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for c in ByteLevel.alphabet():
-        vocab.setdefault(c, len(vocab))
-    (directory / "tok" / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = BartTokenizer.from_pretrained(directory / "tok", extra_special_tokens={"image_token": "<image>"})
-    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)])
-    image_processor = CLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False,
-                                            image_seq_length=17)
-    vision = Florence2VisionConfig(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
-                                   patch_prenorm=[False, True], embed_dim=[8, 16], num_heads=[1, 2],
-                                   num_groups=[1, 2], window_size=2, projection_dim=32, max_position_embeddings=8,
-                                   drop_path_rate=0.0)
-    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
-                      max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                      decoder_start_token_id=2)
-    torch.manual_seed(seed)
-    model = Florence2ForConditionalGeneration(
-        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
-    out = directory / "florence2"
-    model.save_pretrained(out)
-    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    if answer is not None:
-        seq = [text.decoder_start_token_id] + tokenizer(answer, add_special_tokens=False).input_ids + [2]
-        generation = GenerationConfig.from_pretrained(out)
-        generation.sequence_bias = [[seq[:k + 1], 100.0] for k in range(1, len(seq))]
-        generation.save_pretrained(out)
-    return out
-
+from helpers import FAST_BEAM, grid_boxes, jpeg_bytes, make_florence2, make_grounding_dino, make_owlv2, same_boxes
 
 @pytest.fixture(scope="module")
 def owl_dir(tmp_path_factory):
     return make_owlv2(tmp_path_factory.mktemp("owlv2"))
-
-
-def grid_boxes(width: int, height: int, cells: int = 4) -> list[list[float]]:
-    """OWLv2's box prior in pixels: centres on the patch grid's corner coordinates (k+1)/cells, boxes
-    1/cells of the padded square side."""
-    s = max(width, height) / cells
-    return [[(k + 0.5) * s, (j + 0.5) * s, (k + 1.5) * s, (j + 1.5) * s]
-            for j in range(cells) for k in range(cells)]
-
-
-def same_boxes(got, want, tol=0.05) -> bool:  # float32 sigmoid round trip: ~1e-4 of the side
-    key = lambda b: tuple(round(v, 1) for v in b)  # noqa: E731
-    got, want = sorted(got, key=key), sorted(want, key=key)
-    return len(got) == len(want) and all(
-        all(abs(a - b) <= tol for a, b in zip(g, w)) for g, w in zip(got, want))
 
 
 def element(i: int, width: int, height: int, texts, **extra) -> dict:
@@ -215,7 +38,7 @@ def options():
 
 
 def test_handler_options_and_defaults():
-    from pipeline.detect import DetectorHandler
+    from groundforge.pipeline.detect import DetectorHandler
 
     h = DetectorHandler("some/model", device="cpu", batch_size=3)
     assert h.trust_remote_code is False
@@ -246,7 +69,7 @@ def _exif(orientation: int) -> bytes:
 def test_prepare_checks_and_num_bytes():
     from PIL import Image
 
-    from pipeline.detect import DetectorHandler, GroundingError, GroundingInput, prepare, source_of
+    from groundforge.pipeline.detect import DetectorHandler, GroundingError, GroundingInput, prepare, source_of
 
     data = jpeg_bytes(40, 30)
     p = prepare({"id": "x", "image": {"bytes": data, "path": "x.jpg"}, "width": 40, "height": 30,
@@ -309,8 +132,8 @@ def test_grounding_and_image_stage_judge_bytes_alike():
     block means orientation 1 in both (it used to be `undecodable_image` here only)."""
     from PIL import Image
 
-    from pipeline.detect import GroundingError, decode_image
-    from transforms.images import ImageError, prepare_image
+    from groundforge.pipeline.detect import GroundingError, decode_image
+    from groundforge.transforms.images import ImageError, prepare_image
 
     data = jpeg_bytes(40, 30)
     rotated = io.BytesIO()
@@ -334,7 +157,7 @@ def test_grounding_and_image_stage_judge_bytes_alike():
 
 
 def test_failed_to_reject_shapes():
-    from pipeline.detect import GroundingError, Prepared, failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.detect import GroundingError, Prepared, failed_batch_to_rejects, failed_to_reject
 
     err = GroundingError("size_mismatch", "element says 1x1, image is 2x2")
     beam_style = (type(err), repr(err), ["Traceback ..."])
@@ -353,7 +176,7 @@ def test_failed_to_reject_shapes():
 
 def test_rejects_take_the_item_source_and_the_given_stage():
     """The GRIT pipeline's items carry `source` (no `id`), and its text stage reuses these helpers."""
-    from pipeline.detect import GroundingError, failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.detect import GroundingError, failed_batch_to_rejects, failed_to_reject
 
     item = {"source": "caps.csv#3", "key": "x.jpg\x1fa dog", "image_id": "x.jpg"}
     err = GroundingError("undecodable_image", "cannot identify")
@@ -373,7 +196,7 @@ def test_rejects_take_the_item_source_and_the_given_stage():
 def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
     import transformers
 
-    from pipeline.detect import DetectorHandler
+    from groundforge.pipeline.detect import DetectorHandler
 
     seen = []
     for cls in (transformers.AutoModelForZeroShotObjectDetection, transformers.AutoProcessor):
@@ -399,7 +222,7 @@ def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
 def test_detect_boxes_are_pixels_of_each_image_and_padding_queries_never_win(owl_dir):
     from PIL import Image
 
-    from pipeline.detect import LoadedDetector
+    from groundforge.pipeline.detect import LoadedDetector
 
     det = LoadedDetector(str(owl_dir), device="cpu")
     sizes = [(80, 40), (30, 60), (64, 64)]
@@ -450,7 +273,7 @@ def test_runinference_batches_and_hands_off_cpu_lists(owl_dir):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from pipeline.detect import DetectorHandler
+    from groundforge.pipeline.detect import DetectorHandler
 
     sizes = [(80, 40), (30, 60), (64, 64), (50, 20), (33, 47)]
     texts = [["a dog", "A dog", "two cats"], ["a red couch"], ["the remote", "a cat", "a dog", "a sofa"],
@@ -479,7 +302,7 @@ def test_bad_images_become_failed_elements_and_rejects(owl_dir):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.detect import DetectorHandler, dlq_to_rejects
+    from groundforge.pipeline.detect import DetectorHandler, dlq_to_rejects
 
     good = [element(0, 40, 30, ["a dog"]), element(1, 64, 48, ["two cats", "a couch"])]
     corrupt = {**element(2, 40, 30, ["a dog"]), "image": b"this is not an image"}
@@ -506,7 +329,7 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline import detect
+    from groundforge.pipeline import detect
 
     def out_of_memory(self, images, queries):
         raise RuntimeError(f"CUDA out of memory with {len(images)} images")
@@ -528,7 +351,7 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
 
 
 def test_dino_phrase_token_spans():
-    from pipeline.detect import _phrase_token_spans, dino_phrase
+    from groundforge.pipeline.detect import _phrase_token_spans, dino_phrase
 
     assert dino_phrase("St. Louis  Arch") == "st louis arch"
     cls, sep, dot, pad = 101, 102, 1012, 0
@@ -540,8 +363,8 @@ def test_dino_phrase_token_spans():
 
 
 def test_florence_detections_map_phrases_to_chunks():
-    from pipeline.detect import florence_detections, phrase_key
-    from transforms.codecs import get_codec
+    from groundforge.pipeline.detect import florence_detections, phrase_key
+    from groundforge.transforms.codecs import get_codec
 
     codec = get_codec("florence2")
     w, h = 640, 480
@@ -558,13 +381,13 @@ def test_florence_detections_map_phrases_to_chunks():
 
 
 def test_florence_handler_options():
-    from pipeline.detect import Florence2GroundingHandler
+    from groundforge.pipeline.detect import Florence2GroundingHandler
 
     h = Florence2GroundingHandler("florence-dir", device="cpu", batch_size=4)
     assert h.trust_remote_code is False
     assert h.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 4}
     assert h.get_metrics_namespace() == "groundforge_florence2"
-    from pipeline.detect import GroundingError
+    from groundforge.pipeline.detect import GroundingError
     with pytest.raises(GroundingError) as err:
         h.prepare(element(0, 20, 20, ["a dog"]))
     assert err.value.reason == "empty_caption"
@@ -577,7 +400,7 @@ def test_grounding_dino_labels_are_per_phrase_argmax(tmp_path):
     import torch
     from PIL import Image
 
-    from pipeline.detect import LoadedDetector
+    from groundforge.pipeline.detect import LoadedDetector
 
     det = LoadedDetector(str(make_grounding_dino(tmp_path)), device="cpu")
     assert det.family == "dino"
@@ -619,8 +442,8 @@ def test_florence2_handler_through_runinference(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.detect import Florence2GroundingHandler, dlq_to_rejects
-    from transforms.codecs import get_codec
+    from groundforge.pipeline.detect import Florence2GroundingHandler, dlq_to_rejects
+    from groundforge.transforms.codecs import get_codec
 
     model_dir = str(make_florence2(tmp_path, answer="a dog<loc_100><loc_200><loc_500><loc_900>"))
     elements = [element(0, 80, 40, ["a dog", "a couch"], caption="a dog on a couch"),

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import build_cli, info_of, jpeg_bytes, read_rows, run_cli, write_coco
+from helpers import build_cli, info_of, jpeg_bytes, read_rows, run_cli, write_coco
 
 SAMPLE_W, SAMPLE_H = 320, 240
 
@@ -54,7 +54,7 @@ def sample_out(tmp_path_factory):
 
 
 def sample_boxes(image_id: int) -> dict[str, list]:
-    from pipeline.sample import SAMPLE_DIR
+    from groundforge.pipeline.sample import SAMPLE_DIR
 
     coco = json.loads((SAMPLE_DIR / "instances.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
@@ -127,7 +127,7 @@ def test_sample_exact_records_and_annotations(sample_out):
 
 def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
     """The annotations/ output is valid --grit20m input: rendering it again gives the same records."""
-    from transforms.grit import parse_grit_row
+    from groundforge.transforms.grit import parse_grit_row
 
     out, _ = sample_out
     rows = read_rows(out, "annotations")
@@ -136,7 +136,7 @@ def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
         assert parsed.noun_chunks and all(o["label"] == row["caption"][o["span"][0]:o["span"][1]]
                                           for o in parsed.noun_chunks + parsed.ref_exps)
     assert all(r["file_name"] == f"{int(r['image_id']):012d}.jpg" for r in rows)
-    from pipeline.sample import SAMPLE_DIR
+    from groundforge.pipeline.sample import SAMPLE_DIR
 
     again, _ = build(tmp_path, ["--grit20m", out / "annotations" / "*.parquet", "--images", SAMPLE_DIR / "images"],
                      "again")
@@ -150,7 +150,7 @@ def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
 
 @pytest.fixture(scope="module")
 def owl(tmp_path_factory):
-    from tests.test_detect import make_owlv2
+    from helpers import make_owlv2
 
     return make_owlv2(tmp_path_factory.mktemp("owl"))
 
@@ -168,8 +168,8 @@ def write_images(directory, specs):
 def check_detector_records(out, sizes: dict):
     """Every box is one of OWLv2's (clipped) patch-grid prior boxes of its image, annotation rows are the boxes
     normalised, and each record's objects are the chunks / expression that were grounded."""
-    from tests.test_detect import grid_boxes
-    from transforms.boxes import clip
+    from helpers import grid_boxes
+    from groundforge.transforms.boxes import clip
 
     rows = read_rows(out)
     assert {r["image_id"] for r in rows if r["task"] == "grounded_caption"} == set(sizes)
@@ -225,7 +225,7 @@ def test_detector_grounder_csv_captions_end_to_end(owl, tmp_path):
 
 
 def test_detector_failures_become_ground_rejects(owl, tmp_path, monkeypatch):
-    from pipeline import detect
+    from groundforge.pipeline import detect
 
     def out_of_memory(self, images, queries):
         raise RuntimeError(f"CUDA out of memory with {len(images)} images")
@@ -328,7 +328,7 @@ def test_webdataset_shards_end_to_end(owl, tmp_path):
 def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
     """An oversized member rejects its sample once (not the member and then the sample's missing image); a
     shard that breaks off inside a sample ends with the file reject only, not a half-read sample."""
-    from pipeline.readers import captions
+    from groundforge.pipeline.readers import captions
 
     monkeypatch.setattr(captions, "MAX_MEMBER_BYTES", 1000)
     shard = tar_bytes([("a.jpg", b"x" * 2000), ("a.txt", b"a dog"), ("b.jpg", b"y" * 10), ("b.txt", b"a cat")])
@@ -355,8 +355,8 @@ def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
 def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp_path):
     """A malformed instances box is one `annotation` reject (it used to fail the whole captions file, or the
     run); captions without an id get distinct keys (they used to share one record id)."""
-    from pipeline.build_grit import ReadCaptionsFn, Source
-    from pipeline.readers.coco import REJECTS, STATS
+    from groundforge.pipeline.build_grit import ReadCaptionsFn, Source
+    from groundforge.pipeline.readers.coco import REJECTS, STATS
 
     instances = {"categories": [{"id": 1, "name": "dog"}], "annotations": [
         {"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 30], "iscrowd": 0},
@@ -392,7 +392,7 @@ def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp
 def test_text_stage_failures_become_text_rejects(tmp_path, monkeypatch):
     """A spaCy batch that raises becomes one `text` reject per caption (RunInference's dead letters, through
     pipeline.detect.dlq_to_rejects); the other batches go on to records."""
-    from pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.nlp import SpacyHandler
 
     original = SpacyHandler.run_inference
 
@@ -416,7 +416,7 @@ def test_text_stage_failures_become_text_rejects(tmp_path, monkeypatch):
 
 
 def test_parquet_tables_read_only_the_needed_columns(tmp_path):
-    from pipeline.readers.captions import iter_table_rows, read_caption_table
+    from groundforge.pipeline.readers.captions import iter_table_rows, read_caption_table
 
     row = {"caption": "a dog", "image": "x.jpg", "url": "https://x", "clip_embedding": [0.5] * 8}
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "c.parquet")
@@ -427,7 +427,7 @@ def test_parquet_tables_read_only_the_needed_columns(tmp_path):
 
 
 def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
-    from pipeline.readers.captions import InputError, check_caption_columns, read_caption_table
+    from groundforge.pipeline.readers.captions import InputError, check_caption_columns, read_caption_table
 
     data = jpeg_bytes(8, 6)
     (tmp_path / "c.jsonl").write_text(
@@ -468,7 +468,7 @@ def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
 def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
     """The shared table reader (pipeline.readers.tables): the BOM line is read, a line that is not UTF-8 is one
     `bad_json` reject and the lines after it are still read."""
-    from pipeline.readers.captions import read_caption_table
+    from groundforge.pipeline.readers.captions import read_caption_table
 
     path = tmp_path / "c.jsonl"
     path.write_bytes("\ufeff".encode() + json.dumps({"caption": "a dog", "image": "a.jpg"}).encode() + b"\n"
@@ -483,8 +483,8 @@ def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
 
 
 def test_unreadable_caption_parquet_is_one_file_reject(tmp_path):
-    from pipeline.build_grit import ReadCaptionsFn, Source
-    from pipeline.readers.coco import REJECTS
+    from groundforge.pipeline.build_grit import ReadCaptionsFn, Source
+    from groundforge.pipeline.readers.coco import REJECTS
 
     path = tmp_path / "c.parquet"
     path.write_bytes(b"PAR1 truncated")
@@ -499,7 +499,7 @@ def grit_entry(start, end, box, w, h, score=0.9):
 
 
 def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
-    import transforms.nounphrases as nounphrases
+    import groundforge.transforms.nounphrases as nounphrases
 
     def no_spacy(*args, **kwargs):
         raise AssertionError("GRIT-20M input must not load spaCy")
@@ -557,9 +557,9 @@ def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
 
 
 def test_balance_concepts_matches_the_reference_selection(tmp_path):
-    from pipeline.readers.captions import read_coco_captions
-    from transforms.grit import balance_concepts
-    from transforms.nounphrases import extract, load_spacy
+    from groundforge.pipeline.readers.captions import read_coco_captions
+    from groundforge.transforms.grit import balance_concepts
+    from groundforge.transforms.nounphrases import extract, load_spacy
 
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
     animals = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "couch"}]
@@ -626,9 +626,9 @@ def test_configuration_errors_fail_before_running(tmp_path, owl):
 def run_filter(detections, chunks, ref_exps, **filters):
     from apache_beam.pvalue import TaggedOutput
 
-    from pipeline.build_grit import FilterFn, Settings
-    from pipeline.writer import expand_group
-    from transforms.grounding import filter_settings
+    from groundforge.pipeline.build_grit import FilterFn, Settings
+    from groundforge.pipeline.writer import expand_group
+    from groundforge.transforms.grounding import filter_settings
 
     settings = Settings("grit", "train", "florence2", 0, ("grounded_caption", "rec"), "detector", "owl",
                         dict(filter_settings(**filters)), frozenset(), 10 ** 8)
@@ -646,7 +646,7 @@ def run_filter(detections, chunks, ref_exps, **filters):
 
 
 def chunks_and_exps():
-    from transforms.nounphrases import Chunk, RefExp
+    from groundforge.transforms.nounphrases import Chunk, RefExp
 
     chunks = [Chunk(0, 5, "a dog", "dog"), Chunk(9, 20, "a red couch", "couch"), Chunk(26, 31, "a cat", "cat")]
     exps = [RefExp(0, 31, "a dog on a red couch near a cat", 0), RefExp(9, 31, "a red couch near a cat", 1),
@@ -698,7 +698,7 @@ def test_expressions_are_reduced_after_grounding():
 
 
 def test_spacy_handler_batches_and_abstract_nouns():
-    from pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.nlp import SpacyHandler
 
     handler = SpacyHandler(batch_size=2, abstract_nouns=["dog"])
     assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 2}
@@ -715,8 +715,8 @@ def test_spacy_handler_batches_and_abstract_nouns():
 
 
 def test_florence2_grounder_uses_the_florence_handler_without_remote_code():
-    from pipeline.build_grit import Grounding, make_handler
-    from pipeline.detect import DetectorHandler, Florence2GroundingHandler
+    from groundforge.pipeline.build_grit import Grounding, make_handler
+    from groundforge.pipeline.detect import DetectorHandler, Florence2GroundingHandler
 
     florence = make_handler("florence2", "some/florence", Grounding(device="cpu", batch_size=3), 0.65)
     assert isinstance(florence, Florence2GroundingHandler) and florence.trust_remote_code is False

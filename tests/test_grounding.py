@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from transforms.grit import RowError, balance_concepts, concept_key, grit_row, parse_grit_row, phrase_counts
-from transforms.grounding import (
+from groundforge.transforms.grit import RowError, balance_concepts, concept_key, grit_row, parse_grit_row, phrase_counts
+from groundforge.transforms.grounding import (
     COCO_CATEGORIES,
     MULTI_WORD,
     SINGLE_WORD,
@@ -23,7 +23,7 @@ from transforms.grounding import (
     ground_with_annotations,
     label_indices,
 )
-from transforms.nounphrases import Chunk, RefExp
+from groundforge.transforms.nounphrases import Chunk, RefExp
 
 HANGER = "a wire hanger with a paper cover that reads we heart our customers"
 # The example row of the GRIT-20M README (microsoft/unilm kosmos-2).
@@ -87,7 +87,7 @@ def test_category_for_plurals_without_lemma(text, expected):
 
 def test_category_for_with_spacy_lemmas():
     pytest.importorskip("spacy")
-    from transforms.nounphrases import extract, load_spacy
+    from groundforge.transforms.nounphrases import extract, load_spacy
     [got] = extract(["Two women and a puppy on a sofa next to some wine glasses and skis"], load_spacy())
     assert [(c.text, category_for(c.text, c.root_lemma)) for c in got.chunks] == [
         ("Two women", "person"), ("a puppy", "dog"), ("a sofa", "couch"),
@@ -227,7 +227,7 @@ def test_row_round_trip():
     assert list(row) == ["id", "image_id", "file_name", "url", "caption", "width", "height", "noun_chunks",
                          "ref_exps"]
     jsonschema = pytest.importorskip("jsonschema")
-    from schemas import load_json_schema
+    from groundforge.schemas import load_json_schema
     jsonschema.validate(row, load_json_schema("grit_annotation"))
     for key in ("noun_chunks", "ref_exps"):
         assert len(row[key]) == 2

@@ -4,10 +4,10 @@ import os
 import pytest
 from PIL import Image
 
-from tests.conftest import jpeg_bytes
-from transforms.boxes import BoxError, checked_box, iou, nms, xywh_to_xyxy
-from transforms.images import ImageError, prepare_image
-from transforms.paths import PathError, safe_join
+from helpers import jpeg_bytes
+from groundforge.transforms.boxes import BoxError, checked_box, iou, nms, xywh_to_xyxy
+from groundforge.transforms.images import ImageError, prepare_image
+from groundforge.transforms.paths import PathError, safe_join
 
 
 def test_prepare_plain_jpeg_keeps_bytes():

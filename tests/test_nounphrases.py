@@ -5,8 +5,8 @@ import pytest
 
 spacy = pytest.importorskip("spacy")
 
-from transforms import nounphrases as np_  # noqa: E402
-from transforms.nounphrases import Chunk, RefExp, extract, load_spacy  # noqa: E402
+from groundforge.transforms import nounphrases as np_  # noqa: E402
+from groundforge.transforms.nounphrases import Chunk, RefExp, extract, load_spacy  # noqa: E402
 
 HANGER = "a wire hanger with a paper cover that reads we heart our customers"
 
@@ -179,7 +179,7 @@ def test_array_replay_matches_spacy_noun_chunks_and_edges(nlp):
 
 def test_comma_list_parsed_as_apposition_is_not_expanded():
     """spaCy parses "a mug, a couch ..." as apposition: the head must not swallow the rest of the list."""
-    from transforms.nounphrases import extract
+    from groundforge.transforms.nounphrases import extract
 
     caption = "a yellow mug, a white couch, a brown bicycle and a white kitten in a green field"
     phrases = extract([caption])[0]
@@ -190,7 +190,7 @@ def test_comma_list_parsed_as_apposition_is_not_expanded():
 
 def test_not_contained_keeps_the_outermost_spans_in_order():
     """The containment rule the text step and the GRIT filter stage share (token or character spans)."""
-    from transforms.nounphrases import not_contained
+    from groundforge.transforms.nounphrases import not_contained
 
     spans = [(19, 66), (0, 66), (53, 66), (70, 80), (70, 80), (75, 90)]
     assert not_contained(spans) == [1, 3, 5]  # of the two equal spans, the first stays

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests import fixtures_refcoco as fx
-from tests.conftest import FAST_BEAM, build_cli, info_of, read_rows, run_cli
+import fixtures_refcoco as fx
+from helpers import FAST_BEAM, build_cli, info_of, read_rows, run_cli
 
 # (width, height) per fixture image id, as the image files are written
 SIZES = {str(i): (w, h) for i, (_, w, h) in fx.IMAGES.items()}

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from pipeline.readers.refcoco_parquet import (
+from groundforge.pipeline.readers.refcoco_parquet import (
     detect_file_layout,
     detect_layout,
     file_columns,
@@ -22,7 +22,7 @@ from pipeline.readers.refcoco_parquet import (
     read_refcoco_files,
     split_from_path,
 )
-from pipeline.readers.refer import (
+from groundforge.pipeline.readers.refer import (
     ReaderError,
     UnsafePickleError,
     canonical_image_id,
@@ -36,7 +36,7 @@ from pipeline.readers.refer import (
     ref_to_item,
     safe_load_pickle,
 )
-from tests import fixtures_refcoco as fx
+import fixtures_refcoco as fx
 
 ITEM_KEYS = ["dataset", "split", "ref_id", "ann_id", "image_id", "file_name", "image_bytes", "width", "height",
              "bbox_xyxy", "sentences", "source"]

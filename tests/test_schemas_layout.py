@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-import schemas
-import train
-import transforms
-
+from groundforge import schemas
+from groundforge import train
+from groundforge import transforms
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from transforms.codecs import FORMATS, get_codec
-from transforms.templates import (
+from groundforge.transforms.codecs import FORMATS, get_codec
+from groundforge.transforms.templates import (
     REGISTRY,
     TASKS,
     ControlTokenError,
@@ -334,10 +334,10 @@ def test_paraphrases_only_for_free_form_formats():
 
 
 def test_rendering_independent_of_python_hash_seed():
-    code = ("import json; from tests.test_templates import RECORDS; from transforms.templates import render_record;"
+    code = ("import json, sys; from groundforge.transforms.templates import render_record; RECORDS = json.loads(sys.argv[1]);"
             "print(json.dumps([render_record({**r, 'id': f'k{i}'}, f, 3) for i, r in enumerate(RECORDS.values())"
             " for f in ('qwen2vl', 'shikra', 'qwen25vl')]))")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    outs = {subprocess.run([sys.executable, "-c", code, json.dumps(RECORDS)], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=_repo()).stdout for seed in ("1", "2")}
     assert len(outs) == 1
 
@@ -369,7 +369,7 @@ def test_render_errors():
     with pytest.raises(RenderError) as err:
         render_record({**RECORDS["rec"], "width": 20000, "height": 10}, "qwen25vl")
     assert err.value.reason == "bad_aspect_ratio"
-    from transforms.boxes import BoxError
+    from groundforge.transforms.boxes import BoxError
     with pytest.raises(BoxError) as err:
         render_record({**RECORDS["rec"], "objects": [obj("man", [10, 10, 5, 20])]}, "florence2")
     assert err.value.reason == "inverted_box"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.train_fixtures import make_record, write_shard, write_shards
+from train_fixtures import make_record, write_shard, write_shards
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -23,7 +23,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from train.tiny import save_random_florence2
+    from groundforge.train.tiny import save_random_florence2
 
     return save_random_florence2(str(tmp_path_factory.mktemp("tiny-florence2")), "tiny", seed=0)
 
@@ -43,7 +43,7 @@ def shards12(tmp_path_factory):
 
 
 def _config(model, shards, out, **kw):
-    from train.loop import TrainConfig
+    from groundforge.train.loop import TrainConfig
 
     base = dict(model=model, shards=[shards], out=str(out), batch_size=4, lr=1e-2, num_workers=0,
                 log_every=1, progress=False, save_every=0, shuffle_buffer=4)
@@ -56,7 +56,7 @@ def _state(model):
 
 
 def test_tiny_tokenizer_and_processor_roundtrip(tiny_model):
-    from train.model import load_processor
+    from groundforge.train.model import load_processor
 
     proc = load_processor(tiny_model)
     tok = proc.tokenizer
@@ -68,9 +68,9 @@ def test_tiny_tokenizer_and_processor_roundtrip(tiny_model):
 
 
 def test_labels_are_tokenized_targets_with_padding_ignored(tiny_model):
-    from train.collate import IGNORE_INDEX, Florence2Collator
-    from train.data import load_image
-    from train.model import load_processor
+    from groundforge.train.collate import IGNORE_INDEX, Florence2Collator
+    from groundforge.train.data import load_image
+    from groundforge.train.model import load_processor
 
     proc = load_processor(tiny_model)
     recs = [make_record(0), make_record(1, task="count_class")]
@@ -88,7 +88,7 @@ def test_labels_are_tokenized_targets_with_padding_ignored(tiny_model):
 
 
 def test_loss_falls_when_overfitting_8_records(tiny_model, shards8, tmp_path):
-    from train.loop import train
+    from groundforge.train.loop import train
 
     losses = []
     summary = train(_config(tiny_model, shards8, tmp_path / "out", batch_size=8, steps=30),
@@ -106,8 +106,8 @@ def test_an_overfit_model_generates_its_targets_and_scores_them(tiny_model, tmp_
     """Training -> save_pretrained -> generate -> parse_output -> metrics, end to end: after overfitting
     4 rec + 4 count_class records, greedy generations reproduce the targets and score as correct.
     (The margins allow for float-order differences between CPUs; the run is seeded.)"""
-    from train.evaluate import EvalConfig, evaluate
-    from train.loop import train
+    from groundforge.train.evaluate import EvalConfig, evaluate
+    from groundforge.train.loop import train
 
     folder = str(tmp_path / "shards")
     write_shards(folder, [make_record(i, t) for i in range(4) for t in ("rec", "count_class")], 1, 8)
@@ -124,7 +124,7 @@ def test_resume_continues_at_the_same_step_with_the_same_data(tiny_model, shards
     """An uninterrupted 6-step run vs. one interrupted after step 4 (Ctrl-C saves a checkpoint) and resumed:
     same step numbers, same record ids per step, same losses. Two loader workers, so the worker order is
     restored as well."""
-    from train.loop import train
+    from groundforge.train.loop import train
 
     kw = dict(steps=6, batch_size=2, grad_accum=2, num_workers=2, save_every=3, lr=5e-3, warmup=2,
               schedule="cosine")
@@ -158,8 +158,8 @@ def test_resume_continues_at_the_same_step_with_the_same_data(tiny_model, shards
 
 
 def test_freeze_vision_keeps_the_vision_tower_unchanged(tiny_model, shards8, tmp_path):
-    from train.loop import train
-    from train.model import freeze_vision, load_model, vision_tower
+    from groundforge.train.loop import train
+    from groundforge.train.model import freeze_vision, load_model, vision_tower
 
     model = load_model(tiny_model)
     assert freeze_vision(model) == len(list(vision_tower(model).parameters())) > 0
@@ -178,8 +178,8 @@ def test_freeze_vision_keeps_the_vision_tower_unchanged(tiny_model, shards8, tmp
 
 
 def test_lora_trains_only_the_adapter(tiny_model, shards8, tmp_path):
-    from train.loop import train
-    from train.model import load_model
+    from groundforge.train.loop import train
+    from groundforge.train.model import load_model
 
     summary = train(_config(tiny_model, shards8, tmp_path / "out", steps=3, lora=True, lora_r=4))
     assert summary["trainable_parameters"] < summary["parameters"] / 4
@@ -195,7 +195,7 @@ def test_lora_trains_only_the_adapter(tiny_model, shards8, tmp_path):
     assert changed and all(k.split(".")[-2] in {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
                            for k in changed)
     # `groundforge eval` takes the adapter directory directly
-    from train.evaluate import EvalConfig, evaluate
+    from groundforge.train.evaluate import EvalConfig, evaluate
 
     report = evaluate(EvalConfig(model=str(adapter), shards=[shards8], out=str(tmp_path / "r.json"), batch_size=4,
                                  max_samples=4, num_beams=1, max_new_tokens=4, num_workers=0, examples=0,
@@ -208,8 +208,8 @@ def _records(task, n, **kw):
 
 
 def test_eval_scores_known_generations():
-    from train.metrics import score_records
-    from transforms.codecs import get_codec
+    from groundforge.train.metrics import score_records
+    from groundforge.transforms.codecs import get_codec
 
     codec = get_codec("florence2")
     recs, gens = [], []
@@ -260,7 +260,7 @@ def test_eval_scores_known_generations():
 def test_eval_command_writes_report_and_examples(tiny_model, tmp_path):
     from click.testing import CliRunner
 
-    from train.cli import eval_command
+    from groundforge.train.cli import eval_command
 
     folder = str(tmp_path / "shards")
     recs = _records("rec", 3, split="val") + _records("count_class", 2, split="val")
@@ -282,7 +282,7 @@ def test_eval_command_writes_report_and_examples(tiny_model, tmp_path):
 def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
     from click.testing import CliRunner
 
-    from train.cli import train_command
+    from groundforge.train.cli import train_command
 
     write_shards(str(tmp_path / "a"), _records("rec", 4), n_files=1, row_group_size=2)
     write_shards(str(tmp_path / "b"), _records("count_class", 4), n_files=1, row_group_size=2)
@@ -313,9 +313,9 @@ def test_grad_accum_equals_the_large_batch_whatever_the_target_lengths(tiny_mode
     """--batch-size 4 vs --batch-size 2 --grad-accum 2 on the same 4 records: same loss, same gradient.
     The micro-batches have very different label token counts (rec targets vs one-digit counts), so the
     mean of the two micro-batch means (loss / grad_accum) would differ from the step's token mean."""
-    from train.collate import Florence2Collator
-    from train.loop import label_tokens, train
-    from train.model import load_processor
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.loop import label_tokens, train
+    from groundforge.train.model import load_processor
 
     folder = str(tmp_path / "shards")
     recs = [make_record(0), make_record(1), make_record(2, "count_class"), make_record(3, "count_class")]
@@ -335,9 +335,9 @@ def test_grad_accum_equals_the_large_batch_whatever_the_target_lengths(tiny_mode
 def test_unreadable_images_are_counted_in_training_and_eval(tiny_model, tmp_path):
     """Records skipped inside DataLoader workers reach the training summary, metrics.jsonl and the eval
     report; eval with --max-samples generates only for the records it scores."""
-    import train.evaluate as evaluate_mod
-    from train.evaluate import EvalConfig, evaluate
-    from train.loop import train
+    import groundforge.train.evaluate as evaluate_mod
+    from groundforge.train.evaluate import EvalConfig, evaluate
+    from groundforge.train.loop import train
 
     folder = str(tmp_path / "shards")
     bad = make_record(1)
@@ -373,7 +373,7 @@ def test_unreadable_images_are_counted_in_training_and_eval(tiny_model, tmp_path
 
 
 def test_resume_survives_a_metrics_line_cut_short(tmp_path):
-    from train.loop import MetricsLog
+    from groundforge.train.loop import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
@@ -383,7 +383,7 @@ def test_resume_survives_a_metrics_line_cut_short(tmp_path):
 
 
 def test_resume_refuses_to_switch_between_lora_and_full(tiny_model, shards8, tmp_path):
-    from train.loop import train
+    from groundforge.train.loop import train
 
     train(_config(tiny_model, shards8, tmp_path / "out", steps=1, lora=True, lora_r=2))
     with pytest.raises(ValueError, match="holds a LoRA adapter; pass --lora"):
@@ -391,8 +391,8 @@ def test_resume_refuses_to_switch_between_lora_and_full(tiny_model, shards8, tmp
 
 
 def test_rec_scores_the_first_box_and_grounded_caption_recalls_phrases():
-    from train.metrics import score_records
-    from transforms.codecs import get_codec
+    from groundforge.train.metrics import score_records
+    from groundforge.transforms.codecs import get_codec
 
     codec = get_codec("florence2")
     rec = make_record(0, "rec")

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tests.train_fixtures import image_bytes_of, make_record, write_shard, write_shards
+from train_fixtures import image_bytes_of, make_record, write_shard, write_shards
 
 torch = pytest.importorskip("torch")
 
@@ -29,13 +29,13 @@ def shard_dir(tmp_path_factory):
 
 
 def _sources(pattern):
-    from train.data import discover, list_units
+    from groundforge.train.data import discover, list_units
 
     return list_units(discover([pattern]))
 
 
 def test_shard_specs_and_mix_parsing():
-    from train.data import parse_mix, parse_shard_spec
+    from groundforge.train.data import parse_mix, parse_shard_spec
 
     assert parse_shard_spec("refcoco=out/refcoco/data/*.parquet") == ("refcoco", "out/refcoco/data/*.parquet")
     assert parse_shard_spec("out/*.parquet") == ("default", "out/*.parquet")
@@ -49,7 +49,7 @@ def test_shard_specs_and_mix_parsing():
 
 
 def test_discovery_units_and_missing_pattern(shard_dir, tmp_path):
-    from train.data import discover, list_units
+    from groundforge.train.data import discover, list_units
 
     folder, _ = shard_dir
     sources = list_units(discover([folder]))            # a directory means its *.parquet
@@ -74,7 +74,7 @@ def test_every_row_exactly_once_across_ranks_and_workers(shard_dir):
     and no two slots share a row group."""
     from torch.utils.data import DataLoader
 
-    from train.data import ShardStream, assign_units
+    from groundforge.train.data import ShardStream, assign_units
 
     folder, all_ids = shard_dir
     sources = _sources(folder)
@@ -96,7 +96,7 @@ def test_every_row_exactly_once_across_ranks_and_workers(shard_dir):
 
 
 def test_ranks_get_units_before_second_workers():
-    from train.data import Unit, assign_units
+    from groundforge.train.data import Unit, assign_units
 
     units = [Unit("default", "f", i, 10) for i in range(2)]
     slots = assign_units(units, 4, ranks=2)   # slots 0,1 = rank 0; 2,3 = rank 1
@@ -104,7 +104,7 @@ def test_ranks_get_units_before_second_workers():
 
 
 def test_shuffle_is_seeded_and_changes_per_epoch(shard_dir):
-    from train.data import ShardStream
+    from groundforge.train.data import ShardStream
 
     folder, all_ids = shard_dir
     sources = _sources(folder)
@@ -122,7 +122,7 @@ def test_shuffle_is_seeded_and_changes_per_epoch(shard_dir):
 
 
 def test_resume_position_replays_the_same_stream(shard_dir):
-    from train.data import ShardStream
+    from groundforge.train.data import ShardStream
 
     folder, _ = shard_dir
     sources = _sources(folder)
@@ -136,7 +136,7 @@ def test_resume_position_replays_the_same_stream(shard_dir):
 
 
 def test_mix_follows_weights_and_is_deterministic(tmp_path):
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     write_shard(str(tmp_path / "a" / "a.parquet"), [make_record(i, dataset="a") for i in range(6)], 3)
     write_shard(str(tmp_path / "b" / "b.parquet"), [make_record(i, dataset="b") for i in range(4)], 2)
@@ -159,7 +159,7 @@ def test_mix_follows_weights_and_is_deterministic(tmp_path):
 
 
 def test_path_only_images_resolve_inside_the_root(tmp_path):
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     recs = [make_record(i, image_bytes=False) for i in range(3)]
     recs[2]["image"]["path"] = "../escape.jpg"
@@ -182,7 +182,7 @@ def test_path_only_images_resolve_inside_the_root(tmp_path):
 
 
 def test_wrong_format_is_a_clear_error(tmp_path):
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     rec = make_record(0)
     rec["format"] = "kosmos2"
@@ -200,7 +200,7 @@ def _broken(record: dict) -> dict:
 def test_a_mixed_source_with_fewer_row_groups_than_slots_reaches_every_slot(tmp_path):
     """`a` has one row group, `b` four; with 4 loader slots every slot must still draw `a` at its weight
     (dealing `a` to one slot only would make the overall share of `a` 1/8 instead of 1/2)."""
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     write_shard(str(tmp_path / "a" / "a.parquet"), [make_record(i, dataset="a") for i in range(3)])
     write_shard(str(tmp_path / "b" / "b.parquet"), [make_record(i, dataset="b") for i in range(8)], 2)
@@ -215,7 +215,7 @@ def test_a_mixed_source_with_fewer_row_groups_than_slots_reaches_every_slot(tmp_
 
 def test_a_file_in_two_sources_is_read_by_both(tmp_path):
     """Row-group caches are per source: the same file named twice is read twice, not half-consumed."""
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     path = write_shard(str(tmp_path / "x.parquet"), [make_record(i) for i in range(6)])
     sources = list_units(discover([f"a={path}", f"b={path}"]))
@@ -231,9 +231,9 @@ def test_skips_reach_the_main_process_through_the_loader(tmp_path):
     or on a tail marker when it is the last one (the collator drops the marker)."""
     from torch.utils.data import DataLoader
 
-    from train.collate import Florence2Collator
-    from train.data import ShardStream, discover, list_units
-    from train.tiny import build_processor
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.data import ShardStream, discover, list_units
+    from groundforge.train.tiny import build_processor
 
     write_shard(str(tmp_path / "s" / "a.parquet"), [make_record(0), _broken(make_record(1))])
     write_shard(str(tmp_path / "s" / "b.parquet"), [make_record(2), _broken(make_record(3)), make_record(4)])
@@ -248,7 +248,7 @@ def test_skips_reach_the_main_process_through_the_loader(tmp_path):
 
 
 def test_an_endless_stream_of_unreadable_images_fails_instead_of_hanging(tmp_path):
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     path = write_shard(str(tmp_path / "bad.parquet"), [_broken(make_record(i)) for i in range(2)])
     ds = ShardStream(list_units(discover([path])))           # epochs=None: streams forever
@@ -261,7 +261,7 @@ def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     pq.write_table(pa.table({"id": ["a"], "text": ["t"]}), str(tmp_path / "other.parquet"))
     ds = ShardStream(list_units(discover([str(tmp_path / "other.parquet")])), epochs=1)
@@ -272,7 +272,7 @@ def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
 def test_fsspec_urls_are_read_like_local_files(tmp_path):
     import fsspec
 
-    from train.data import ShardStream, discover, list_units
+    from groundforge.train.data import ShardStream, discover, list_units
 
     local = write_shard(str(tmp_path / "x.parquet"), [make_record(i) for i in range(4)], 2)
     fs = fsspec.filesystem("memory")

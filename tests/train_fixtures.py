@@ -24,7 +24,7 @@ def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str 
                 width: int = 48, height: int = 40, image_bytes: bool = True) -> dict:
     """A record rendered for florence2 by transforms.templates; its image shows one coloured rectangle
     (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
-    from transforms.templates import render_record
+    from groundforge.transforms.templates import render_record
 
     colour = COLOURS[i % len(COLOURS)]
     x1, y1 = 2 + (i * 5) % 20, 3 + (i * 3) % 15
@@ -64,7 +64,7 @@ def write_shard(path: str, records: list[dict], row_group_size: int | None = Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from schemas import record_arrow_schema
+    from groundforge.schemas import record_arrow_schema
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     table = pa.Table.from_pylist(records, schema=record_arrow_schema())

@@ -77,7 +77,7 @@ def _setup_logging() -> None:
               "only transformers' native Florence-2 is used).")
 def train_command(**kw):
     """Fine-tune Florence-2 on groundforge shards rendered for `florence2`."""
-    from train.loop import TrainConfig, train
+    from groundforge.train.loop import TrainConfig, train
 
     if kw["steps"] is not None and kw["epochs"] is not None:
         raise click.UsageError("give --steps or --epochs, not both")
@@ -114,7 +114,7 @@ def train_command(**kw):
 def eval_command(**kw):
     """Generate on shards and score: rec acc@0.5 per split, grounded-caption phrase recall, counting and
     count_class exact match, reg exact match and token-F1 similarity."""
-    from train.evaluate import EvalConfig, evaluate, summary_line
+    from groundforge.train.evaluate import EvalConfig, evaluate, summary_line
 
     kw["shards"] = list(kw["shards"])
     _setup_logging()

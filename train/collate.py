@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from train.data import TAIL
+from groundforge.train.data import TAIL
 
 IGNORE_INDEX = -100
 

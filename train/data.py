@@ -427,7 +427,7 @@ def _dirname(path: str) -> str:
 
 
 def _read_under(root: str, name: str) -> bytes:
-    from transforms.paths import safe_join
+    from groundforge.transforms.paths import safe_join
 
     full = safe_join(root, name)
     if _is_remote(full):

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from train import metrics
+from groundforge.train import metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def eval_loader(sources, processor, *, batch_size: int, num_workers: int, image_
     """One ordered pass over the shards (no shuffling), records kept for scoring."""
     from torch.utils.data import DataLoader
 
-    from train.collate import Florence2Collator
-    from train.data import EVAL_COLUMNS, ShardStream
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.data import EVAL_COLUMNS, ShardStream
 
     ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root)
     collate = Florence2Collator(processor, with_labels=False, keep_records=True,
@@ -64,7 +64,7 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
 
     Scores are summed as batches arrive; only the `examples` records per task that get drawn are kept.
     `skipped` in the report counts records whose image could not be read (they are not in `n`)."""
-    from train.model import max_positions
+    from groundforge.train.model import max_positions
 
     was_training = model.training
     model.eval()
@@ -150,8 +150,8 @@ def draw_example(rec: dict, pred_boxes: list, generation: str):
 
 def evaluate(cfg: EvalConfig) -> dict:
     """`groundforge eval`: load a model directory (full model or LoRA adapter), evaluate, write the report."""
-    from train.data import discover, list_units
-    from train.model import adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype, resolve_device
+    from groundforge.train.data import discover, list_units
+    from groundforge.train.model import adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp_dtype(cfg.dtype, device)

@@ -197,7 +197,7 @@ def save_checkpoint(path: str, *, model, processor, trainer_state: dict, data_st
     """Write into `path`.tmp, then rename: a checkpoint directory is complete or absent."""
     import torch
 
-    from train.model import save
+    from groundforge.train.model import save
 
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -276,7 +276,7 @@ class DataPosition:
 
 
 def label_tokens(inputs: dict) -> int:
-    from train.collate import IGNORE_INDEX
+    from groundforge.train.collate import IGNORE_INDEX
 
     return int((inputs["labels"] != IGNORE_INDEX).sum())
 
@@ -328,7 +328,7 @@ def train_step(net, micro_batches: list[dict], *, optimizer, scaler, params, dev
 
 
 def _load_sources(cfg: TrainConfig):
-    from train.data import check_mix, discover, list_units, parse_mix
+    from groundforge.train.data import check_mix, discover, list_units, parse_mix
 
     sources = list_units(discover(cfg.shards))
     weights = parse_mix(cfg.mix) if cfg.mix else None
@@ -358,7 +358,7 @@ def _resume_dir(cfg: TrainConfig) -> str | None:
 
 
 def _build_model(cfg: TrainConfig, resume_dir: str | None):
-    from train.model import apply_lora, freeze_vision, is_adapter_dir, load_model, load_processor
+    from groundforge.train.model import apply_lora, freeze_vision, is_adapter_dir, load_model, load_processor
 
     if resume_dir and is_adapter_dir(resume_dir) != cfg.lora:
         held = "a full model; drop --lora" if cfg.lora else "a LoRA adapter; pass --lora"
@@ -432,8 +432,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         import torch
 
-        from train.data import total_rows
-        from train.model import count_parameters, resolve_amp_dtype, resolve_device
+        from groundforge.train.data import total_rows
+        from groundforge.train.model import count_parameters, resolve_amp_dtype, resolve_device
 
         self.cfg = cfg
         self.d = d = init_distributed()
@@ -562,9 +562,9 @@ class Trainer:
         import torch
         from torch.utils.data import DataLoader
 
-        from train.collate import Florence2Collator
-        from train.data import ShardStream
-        from train.model import max_positions
+        from groundforge.train.collate import Florence2Collator
+        from groundforge.train.data import ShardStream
+        from groundforge.train.model import max_positions
 
         cfg = self.cfg
         dataset = ShardStream(self.sources, weights=self.weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
@@ -646,13 +646,13 @@ def _progress(cfg: TrainConfig, d: Dist, step: int, total: int):
 
 
 def _eval_sources(cfg: TrainConfig):
-    from train.data import discover, list_units
+    from groundforge.train.data import discover, list_units
 
     return list_units(discover(cfg.eval_shards))
 
 
 def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtype, metrics_log) -> None:
-    from train.evaluate import run_eval
+    from groundforge.train.evaluate import run_eval
 
     out = os.path.join(cfg.out, "eval", f"step-{step:08d}.json")
     report = run_eval(model, processor, sources, out=out, device=device,
@@ -663,7 +663,7 @@ def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtyp
 
 
 def _save_final(cfg: TrainConfig, model, processor) -> str:
-    from train.model import save
+    from groundforge.train.model import save
 
     final = os.path.join(cfg.out, "final")
     if cfg.lora:

@@ -26,7 +26,7 @@ import json
 import re
 from collections import Counter
 
-from transforms.boxes import iou
+from groundforge.transforms.boxes import iou
 
 BOX_TASKS = ("rec", "phrase_grounding", "detection")
 _CONTROL = re.compile(r"</?s>|<pad>")
@@ -40,7 +40,7 @@ def clean_generation(text: str) -> str:
 
 def parse(record: dict, text: str):
     """parse_output for the record's task and format; None when the text cannot be parsed."""
-    from transforms.templates import parse_output
+    from groundforge.transforms.templates import parse_output
 
     try:
         return parse_output(record["task"], record.get("format") or "florence2", text,

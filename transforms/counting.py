@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from transforms.boxes import BoxError, checked_box, xywh_to_xyxy
-from transforms.records import make_object, make_record, record_id, reject
+from groundforge.transforms.boxes import BoxError, checked_box, xywh_to_xyxy
+from groundforge.transforms.records import make_object, make_record, record_id, reject
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
-from transforms.boxes import BoxError, checked_box
+from groundforge.transforms.boxes import BoxError, checked_box
 
 
 class RowError(ValueError):

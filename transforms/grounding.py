@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from transforms.boxes import BoxError, area, checked_box, nms
+from groundforge.transforms.boxes import BoxError, area, checked_box, nms
 
 # Kosmos-2 defaults.
 SCORE_THRESHOLD = 0.65  # keep score > threshold

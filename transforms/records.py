@@ -44,7 +44,7 @@ def rendered(record: dict, fmt: str, seed: int) -> dict:
 
     Raises templates.ControlTokenError when a text would inject control tokens.
     """
-    from transforms.templates import render_record
+    from groundforge.transforms.templates import render_record
 
     meta = record["meta"]
     meta = dict(json.loads(meta) if isinstance(meta, str) else meta)

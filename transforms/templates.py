@@ -13,9 +13,9 @@ import re
 from collections import Counter
 from typing import Any, NamedTuple
 
-from schemas import TASKS
-from transforms.boxes import checked_box
-from transforms.codecs import FORMATS, Codec, find_special_tokens, get_codec
+from groundforge.schemas import TASKS
+from groundforge.transforms.boxes import checked_box
+from groundforge.transforms.codecs import FORMATS, Codec, find_special_tokens, get_codec
 
 
 class RenderError(ValueError):

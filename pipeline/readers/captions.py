@@ -28,14 +28,14 @@ import posixpath
 import tarfile
 from typing import Any, Iterator
 
-from pipeline import fs
-from pipeline.readers.refcoco_parquet import image_field
-from pipeline.readers.refer import id_str, positive_int
-from pipeline.readers.tables import BadRow, iter_table_rows, table_columns
-from pipeline.readers.tables import ReaderError as InputError  # a bad input configuration: fails the run at once
-from transforms.boxes import xywh_to_xyxy
-from transforms.grit import RowError, parse_grit_row
-from transforms.records import reject
+from groundforge.pipeline import fs
+from groundforge.pipeline.readers.refcoco_parquet import image_field
+from groundforge.pipeline.readers.refer import id_str, positive_int
+from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, table_columns
+from groundforge.pipeline.readers.tables import ReaderError as InputError  # a bad input configuration: fails the run at once
+from groundforge.transforms.boxes import xywh_to_xyxy
+from groundforge.transforms.grit import RowError, parse_grit_row
+from groundforge.transforms.records import reject
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 GRIT20M_COLUMNS = ("caption", "width", "height", "noun_chunks", "ref_exps")

@@ -9,12 +9,12 @@ from collections import defaultdict
 
 import apache_beam as beam
 
-from pipeline import fs
-from pipeline.readers.refer import positive_int
-from transforms.counting import categories_from_coco
-from transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
-from transforms.paths import safe_join
-from transforms.records import reject
+from groundforge.pipeline import fs
+from groundforge.pipeline.readers.refer import positive_int
+from groundforge.transforms.counting import categories_from_coco
+from groundforge.transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
+from groundforge.transforms.paths import safe_join
+from groundforge.transforms.records import reject
 
 REJECTS = "rejects"
 STATS = "stats"

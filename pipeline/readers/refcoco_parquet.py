@@ -19,7 +19,7 @@ import posixpath
 import re
 from typing import Any, Iterable, Iterator
 
-from pipeline.readers.refer import (
+from groundforge.pipeline.readers.refer import (
     ReaderError,
     _Reject,
     _str_keys,
@@ -36,8 +36,8 @@ from pipeline.readers.refer import (
     required,
     sentence_texts,
 )
-from pipeline.readers.tables import BadRow, iter_table_rows, match_files, table_columns, table_kind
-from transforms.paths import PathError, safe_join
+from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, match_files, table_columns, table_kind
+from groundforge.transforms.paths import PathError, safe_join
 
 LAYOUTS = ("lmms", "jxu124")
 LAYOUT_COLUMNS = {

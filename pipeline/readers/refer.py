@@ -20,8 +20,8 @@ import pickle
 import re
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from pipeline import fs
-from pipeline.readers.tables import ReaderError  # every reader raises it; re-exported here
+from groundforge.pipeline import fs
+from groundforge.pipeline.readers.tables import ReaderError  # every reader raises it; re-exported here
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 # (dataset -> split_by values that exist in lichengunc/refer)

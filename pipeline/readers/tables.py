@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
-from pipeline import fs
+from groundforge.pipeline import fs
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".json": "json"}

@@ -1,0 +1,257 @@
+"""Shared test helpers (the one module tests import from): tiny COCO datasets, a CLI runner, output readers,
+and tiny random-weight detector / Florence-2 checkpoints built offline."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+FAST_BEAM = ["--direct_running_mode=in_memory"]
+
+logging.getLogger("apache_beam").setLevel(logging.ERROR)
+
+
+def jpeg_bytes(width: int, height: int, color=(200, 30, 30), exif_orientation: int | None = None) -> bytes:
+    from PIL import Image
+
+    img = Image.new("RGB", (width, height), color)
+    img.paste((20, 20, 220), (0, 0, width // 2, height // 2))  # top-left quadrant blue: orientation is visible
+    buf = io.BytesIO()
+    kwargs = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    img.save(buf, format="JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def write_coco(root: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None,
+               name: str = "instances.json") -> Path:
+    """images: [{id, file_name, width, height, bytes?}]; writes the image bytes under root/images."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for img in images:
+        data = img.pop("bytes", None)
+        if data is None and not img.get("skip_file"):
+            data = jpeg_bytes(img["width"], img["height"])
+        img.pop("skip_file", None)
+        if data is not None:
+            path = root / "images" / img["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        entries.append(img)
+    categories = categories or [{"id": 1, "name": "dog", "supercategory": "animal"},
+                                {"id": 2, "name": "cat", "supercategory": "animal"}]
+    path = root / name
+    path.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def run_cli(args: list[str], expect_exit: int | None = 0):
+    from click.testing import CliRunner
+
+    from groundforge.pipeline.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if expect_exit is not None:
+        assert result.exit_code == expect_exit, result.output
+    return result
+
+
+def build_cli(builder: str, tmp_path: Path, args, name: str = "out", expect_exit: int | None = 0):
+    """Run `groundforge build <builder> ... --out tmp_path/name` on the in-memory runner -> (out, result)."""
+    out = tmp_path / name
+    result = run_cli(["build", builder, *args, "--out", out, *FAST_BEAM], expect_exit=expect_exit)
+    return out, result
+
+
+def info_of(out: Path) -> dict:
+    return json.loads((out / "dataset_info.json").read_text())
+
+
+def read_rows(out: Path, sub: str = "data") -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in sorted((out / sub).glob("*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows
+
+
+# Words the tiny tokenizer knows whole; any other lower-case text still tokenizes, char by char.
+WORDS = ("a", "an", "the", "dog", "dogs", "cat", "cats", "two", "red", "couch", "remote", "in", "on", "and",
+         "of", "field", "flowers", "wire", "hanger", "paper", "cover", "person", "man", "woman", "sofa")
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
+
+
+def write_clip_bpe(directory: Path, words=WORDS) -> None:
+    """vocab.json + merges.txt of a tiny CLIP BPE: single chars, `</w>` ends, merges spelling `words`.
+    Like CLIP, pad is "!" (id 0) and <|startoftext|>/<|endoftext|> are the two highest ids (OWL pools the
+    text at the argmax id, i.e. at end-of-text)."""
+    vocab: dict[str, int] = {"!": 0}
+    for c in CHARS:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[str] = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merge = f"{parts[0]} {parts[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
+    """Save a random-weight OWLv2 + processor to `directory` (no download).
+
+    Tiny (default): 2-layer 32-wide towers, 64x64 input, 16 px patches (16 boxes per image), 16-token text.
+    `full=True`: Owlv2Config() defaults with 960 px vision input, the size of google/owlv2-base-patch16 (3600 boxes),
+    with the tiny tokenizer (ids stay inside the full 49408-token embedding).
+    """
+    import torch
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    try:
+        from transformers import Owlv2ImageProcessor as ImageProcessor
+        ImageProcessor()  # needs torchvision
+    except ImportError:
+        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil as ImageProcessor
+
+    directory = Path(directory)
+    write_clip_bpe(directory / "tok")
+    vocab = json.loads((directory / "tok" / "vocab.json").read_text())
+    text_len = 16
+    tokenizer = CLIPTokenizer.from_pretrained(directory / "tok", pad_token="!", model_max_length=text_len)
+    if full:  # Owlv2Config()'s vision tower defaults to 768 px; google/owlv2-base-patch16 runs at 960
+        config = Owlv2Config(vision_config={"image_size": 960})
+        image_processor = ImageProcessor()
+    else:
+        config = Owlv2Config(
+            text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=text_len,
+                             bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                             pad_token_id=0),
+            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=64, patch_size=16),
+            projection_dim=32)
+        image_processor = ImageProcessor(size={"height": 64, "width": 64})
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    with torch.no_grad():  # boxes = the patch-grid prior (see module docstring)
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    out = directory / "owlv2"
+    model.save_pretrained(out)
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def make_grounding_dino(directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight Grounding DINO (Swin + BERT, 10 queries) with a word-level BERT vocab."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    directory = Path(directory)
+    (directory / "tok").mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + list(WORDS) + list(CHARS.replace(".", ""))
+    (directory / "tok" / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(directory / "tok")
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                   image_size=32, out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=37, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=32,
+        encoder_n_points=2, decoder_n_points=2)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    out = directory / "grounding_dino"
+    model.save_pretrained(out)
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 64})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def make_florence2(directory: Path, answer: str | None = None, seed: int = 0) -> Path:
+    """Save a tiny random-weight Florence-2 in transformers' native format: byte-level BPE tokenizer with the
+    image token and the 1000 <loc_i> tokens, 32x32 input (4x4 patches + 1 pooled = 17 image tokens).
+
+    With `answer`, the saved generation config carries a `sequence_bias` of +100 on each prefix of
+    `</s>answer</s>`, so greedy or beam generation writes exactly `answer` whatever the image and prompt.
+    """
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        BartConfig,
+        BartTokenizer,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        GenerationConfig,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
+
+    directory = Path(directory)
+    (directory / "tok").mkdir(parents=True, exist_ok=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for c in ByteLevel.alphabet():
+        vocab.setdefault(c, len(vocab))
+    (directory / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "tok" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = BartTokenizer.from_pretrained(directory / "tok", extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)])
+    image_processor = CLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False,
+                                            image_seq_length=17)
+    vision = Florence2VisionConfig(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
+                                   patch_prenorm=[False, True], embed_dim=[8, 16], num_heads=[1, 2],
+                                   num_groups=[1, 2], window_size=2, projection_dim=32, max_position_embeddings=8,
+                                   drop_path_rate=0.0)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                      max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2)
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(
+        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
+    out = directory / "florence2"
+    model.save_pretrained(out)
+    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    if answer is not None:
+        seq = [text.decoder_start_token_id] + tokenizer(answer, add_special_tokens=False).input_ids + [2]
+        generation = GenerationConfig.from_pretrained(out)
+        generation.sequence_bias = [[seq[:k + 1], 100.0] for k in range(1, len(seq))]
+        generation.save_pretrained(out)
+    return out
+
+
+def grid_boxes(width: int, height: int, cells: int = 4) -> list[list[float]]:
+    """OWLv2's box prior in pixels: centres on the patch grid's corner coordinates (k+1)/cells, boxes
+    1/cells of the padded square side."""
+    s = max(width, height) / cells
+    return [[(k + 0.5) * s, (j + 0.5) * s, (k + 1.5) * s, (j + 1.5) * s]
+            for j in range(cells) for k in range(cells)]
+
+
+def same_boxes(got, want, tol=0.05) -> bool:  # float32 sigmoid round trip: ~1e-4 of the side
+    key = lambda b: tuple(round(v, 1) for v in b)  # noqa: E731
+    got, want = sorted(got, key=key), sorted(want, key=key)
+    return len(got) == len(want) and all(
+        all(abs(a - b) <= tol for a, b in zip(g, w)) for g, w in zip(got, want))
