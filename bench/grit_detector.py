@@ -98,7 +98,7 @@ def pipeline_run(model_dir: str, elements: list[dict], batch_size: int, device: 
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from groundforge.pipeline.detect import DetectorHandler
+    from groundforge.pipeline.handlers.detector import DetectorHandler
 
     handler = DetectorHandler(model_dir, device=device, dtype=dtype, batch_size=batch_size)
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def warm_up(model_dir: str, device: str, dtype: str, elements: list[dict]) -> fl
     """One load + forward before timing (CUDA context, kernels, file cache); returns the load seconds."""
     from PIL import Image
 
-    from groundforge.pipeline.detect import LoadedDetector
+    from groundforge.pipeline.handlers.detector import LoadedDetector
 
     start = time.perf_counter()
     det = LoadedDetector(model_dir, device, dtype)

@@ -60,7 +60,7 @@ def beam_stage(model, nlp, texts, batch_size):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from groundforge.pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.handlers.spacy import SpacyHandler
 
     handler = SpacyHandler(model, batch_size=batch_size, drop_contained=False)  # as build_grit runs it
     with beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory"])) as p:

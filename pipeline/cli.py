@@ -1,146 +1,96 @@
-"""The `groundforge` command line. Options a command does not know are handed to Beam as pipeline options."""
+"""The `groundforge` command line: the composition root. Nothing imports this module.
+
+Commands are found by name and imported only when they run (or their help is asked for), so
+`groundforge --help` and `--version` load neither Beam, torch, transformers nor spaCy. `build <name>` commands are
+made from the builder registry (pipeline/registry.py) and each builder's config dataclass (pipeline/config.py).
+"""
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
+import importlib
 
 import click
 
-# Beam logs this on import whenever the gcp extra is absent, which is the normal local install.
-logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
-
-from groundforge.pipeline.options import check_split
-from groundforge.pipeline.sample import SAMPLE_DIR
+from groundforge.pipeline import registry
+from groundforge.pipeline.config import click_params
 
 BEAM_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
-FORMATS = ("florence2", "kosmos2", "paligemma", "qwen2vl", "qwen25vl", "shikra")
+HELP = {"help_option_names": ["-h", "--help"]}
+
+# name -> ("module:attribute" of the click command, one-line help)
+COMMANDS = {
+    "render": ("groundforge.pipeline.render:render_cmd",
+               "Re-render an output's records for another model format (images and boxes untouched)."),
+    "validate": ("groundforge.pipeline.checks:validate_cmd",
+                 "Check every shard of an output against the schema and dataset_info.json."),
+    "preview": ("groundforge.pipeline.checks:preview_cmd",
+                "Write an HTML gallery of sampled records with their boxes drawn."),
+    "train": ("groundforge.train.cli:train_command", "Fine-tune a model directly off the shards."),
+    "eval": ("groundforge.train.cli:eval_command", "Generate on shards and score the answers."),
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use; the listing uses the one-line help given here."""
+
+    def __init__(self, *args, lazy: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            target = self.lazy[name][0]
+            module, attr = target.split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
+        rows += [(name, cmd.get_short_help_str(80)) for name, cmd in sorted(self.commands.items())]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
+
+
+class BuildGroup(click.Group):
+    """`groundforge build <builder>`: one command per registered builder, made from its config dataclass."""
+
+    def list_commands(self, ctx):
+        return registry.builder_names()
+
+    def get_command(self, ctx, name):
+        if name not in registry.BUILDERS:
+            return None
+        return builder_command(registry.get_builder(name))
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Builders"):
+            formatter.write_dl([(name, registry.summary(name)) for name in registry.builder_names()])
+
+
+def builder_command(builder) -> click.Command:
+    def callback(ctx, **values):
+        from groundforge.pipeline.run import run_command
+
+        run_command(builder, builder.config(**values), ctx.args)
+
+    return click.Command(builder.name, params=click_params(builder.config), callback=click.pass_context(callback),
+                         help=builder.help + "\n\nOptions not listed here go to Beam (--runner DataflowRunner ...).",
+                         context_settings={**BEAM_CONTEXT, **HELP})
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=HELP)
 @click.version_option(package_name="groundforge")
 def main():
     """groundforge: grounded vision-language fine-tuning data as Parquet shards, built with Apache Beam."""
 
 
-@main.group()
+@main.group(cls=BuildGroup, context_settings=HELP)
 def build():
     """Build a dataset (extra --options go to Beam: --runner DataflowRunner --project P --region R ...)."""
 
-
-def output_options(fn):
-    """Options every builder shares: output, format, sharding, seed, decontamination, limits."""
-    opts = [
-        click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (local or gs://...)."),
-        click.option("--format", "fmt", type=click.Choice(FORMATS), default="florence2", show_default=True,
-                     help="Target model format for prompt/target."),
-        click.option("--num-shards", type=click.IntRange(1), default=None, help="Shards per split (default: from --shard-size-mb)."),
-        click.option("--shard-size-mb", type=click.FloatRange(min=0.001), default=256, show_default=True,
-                     help="Target shard size when --num-shards is not given."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for template choice."),
-        click.option("--exclude-images", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="File of image ids (one per line) to drop, e.g. OUT/holdout_image_ids.txt of a refcoco build."),
-        click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True,
-                     help="Decompression-bomb limit: images with more pixels are rejected."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def read_id_file(path: str | None) -> frozenset:
-    """Ids from an --exclude-images file (one per line, '#' comments; numeric ids lose leading zeros)."""
-    from groundforge.pipeline.readers.refer import read_exclude_images
-
-    return read_exclude_images(path) if path else frozenset()
-
-
-def run_builder(fn, out: str, beam_args: list[str], **kwargs) -> None:
-    """Run a builder with Beam options, then print the summary; exit 1 when nothing was written."""
-    from groundforge.pipeline.options import pipeline_options
-
-    options = pipeline_options(beam_args)
-    args = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    args["beam_args"] = list(beam_args)
-    fn(out=out, options=options, args=args, **kwargs)
-    info = print_summary(out)
-    if info is not None and info["rows"] == 0:
-        click.echo("error: no records were written; see the rejects above", err=True)
-        sys.exit(1)
-
-
-def print_summary(out: str) -> dict | None:
-    from groundforge.pipeline import fs
-    from groundforge.pipeline.writer import INFO_FILE
-
-    path = fs.join(out, INFO_FILE)
-    if not fs.exists(path):  # a non-blocking remote run (e.g. Dataflow without waiting)
-        click.echo(f"submitted; {path} will appear when the job finishes")
-        return None
-    info = json.loads(fs.read_bytes(path))
-    click.echo(summary_text(info))
-    return info
-
-
-def summary_text(info: dict) -> str:
-    stats = info["stats"]
-    read = ", ".join(f"{k.removesuffix('_read').replace('_', ' ')} {v}" for k, v in stats.items() if k.endswith("_read"))
-    lines = [f"read: {read or 'nothing'}",
-             f"written: {info['rows']} records in {len(info['shards'])} shards"]
-    for split, entry in sorted(info["splits"].items()):
-        tasks = ", ".join(f"{t} {n}" for t, n in sorted(entry["tasks"].items()))
-        lines.append(f"  {split}: {entry['rows']} ({tasks})")
-    dropped = {k: v for k, v in stats.items() if not k.endswith("_read")}
-    for name, n in dropped.items():
-        lines.append(f"  {name.replace('_', ' ')}: {n}")
-    lines.append(f"rejected: {info['rejects']['rows']}")
-    for reason, n in info["rejects"]["by_reason"].items():
-        lines.append(f"  {reason}: {n}")
-    return "\n".join(lines)
-
-
-@build.command("counting", context_settings=BEAM_CONTEXT)
-@click.option("--coco", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped sample).")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image directory that file_name resolves in (default: next to --coco / the sample).")
-@click.option("--split", default="train", show_default=True, callback=check_split, help="Split name of the records.")
-@click.option("--dataset", "dataset_name", default="counting", show_default=True)
-@click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,
-              help="Embed image bytes, or keep only file names relative to --images (very large sets).")
-@output_options
-@click.pass_context
-def build_counting_cmd(ctx, coco, images, split, dataset_name, image_mode, out, fmt, num_shards, shard_size_mb, seed,
-                       exclude_images, max_pixels):
-    """Counting questions: one `counting` record (JSON of all class counts) and one `count_class` record per class
-    per image, from COCO boxes."""
-    from groundforge.pipeline.build_counting import build_counting
-
-    if coco is None:
-        coco, images = str(SAMPLE_DIR / "instances.json"), images or str(SAMPLE_DIR / "images")
-    if images is None:
-        images = os.path.dirname(os.path.abspath(coco))
-    run_builder(build_counting, out, ctx.args, coco=coco, images=images, fmt=fmt, split=split, seed=seed,
-                dataset=dataset_name, exclude=read_id_file(exclude_images), max_pixels=max_pixels,
-                num_shards=num_shards, shard_size_mb=shard_size_mb, image_mode=image_mode)
-
-
-def _register() -> None:
-    """Commands defined beside their code: render/validate/preview here, train/eval in train/."""
-    from groundforge.pipeline.checks import preview_cmd, validate_cmd
-    from groundforge.pipeline.render import render_cmd
-    from groundforge.train.cli import eval_command, train_command
-
-    for command in (render_cmd, validate_cmd, preview_cmd, train_command, eval_command):
-        main.add_command(command)
-    from groundforge.pipeline.build_refcoco import refcoco_command
-    build.add_command(refcoco_command())
-    from groundforge.pipeline.build_grit import grit_command
-    build.add_command(grit_command())
-
-
-_register()
 
 if __name__ == "__main__":
     main()

@@ -166,15 +166,13 @@ def test_unreadable_image_file_is_an_image_error(tmp_path):
 
 
 def test_image_mode_path(tmp_path):
-    from groundforge.pipeline.build_counting import build_counting
-    from groundforge.pipeline.options import pipeline_options
+    import groundforge
 
     coco = write_coco(tmp_path, [{"id": 1, "file_name": "sub/a.jpg", "width": 20, "height": 10}],
                       [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}])
     out = tmp_path / "out"
-    build_counting(coco=str(coco), images=str(tmp_path / "images"), out=str(out), fmt="florence2", split="train",
-                   seed=0, dataset="counting", exclude=frozenset(), max_pixels=10**6, num_shards=1,
-                   shard_size_mb=1, options=pipeline_options(FAST_BEAM), args={}, image_mode="path")
+    groundforge.build("counting", coco=str(coco), images=str(tmp_path / "images"), out=str(out), max_pixels=10**6,
+                      num_shards=1, shard_size_mb=1, image_mode="path", beam_args=FAST_BEAM)
     rows = read_rows(out)
     assert len(rows) == 3 and {r["task"] for r in rows} == {"counting", "count_class"}
     assert all(r["image"] == {"bytes": None, "path": "sub/a.jpg"} for r in rows)

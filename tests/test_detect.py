@@ -10,8 +10,6 @@ coordinates checkable without trusting the post-processor: image (w, h) must get
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import pytest
 
@@ -38,7 +36,7 @@ def options():
 
 
 def test_handler_options_and_defaults():
-    from groundforge.pipeline.detect import DetectorHandler
+    from groundforge.pipeline.handlers.detector import DetectorHandler
 
     h = DetectorHandler("some/model", device="cpu", batch_size=3)
     assert h.trust_remote_code is False
@@ -69,7 +67,9 @@ def _exif(orientation: int) -> bytes:
 def test_prepare_checks_and_num_bytes():
     from PIL import Image
 
-    from groundforge.pipeline.detect import DetectorHandler, GroundingError, GroundingInput, prepare, source_of
+    from groundforge.pipeline.handlers.detector import DetectorHandler
+
+    from groundforge.pipeline.handlers.common import GroundingError, GroundingInput, prepare, source_of
 
     data = jpeg_bytes(40, 30)
     p = prepare({"id": "x", "image": {"bytes": data, "path": "x.jpg"}, "width": 40, "height": 30,
@@ -132,7 +132,7 @@ def test_grounding_and_image_stage_judge_bytes_alike():
     block means orientation 1 in both (it used to be `undecodable_image` here only)."""
     from PIL import Image
 
-    from groundforge.pipeline.detect import GroundingError, decode_image
+    from groundforge.pipeline.handlers.common import decode_image, GroundingError
     from groundforge.transforms.images import ImageError, prepare_image
 
     data = jpeg_bytes(40, 30)
@@ -157,7 +157,8 @@ def test_grounding_and_image_stage_judge_bytes_alike():
 
 
 def test_failed_to_reject_shapes():
-    from groundforge.pipeline.detect import GroundingError, Prepared, failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.handlers.common import GroundingError, Prepared
+    from groundforge.pipeline.handlers.dlq import failed_batch_to_rejects, failed_to_reject
 
     err = GroundingError("size_mismatch", "element says 1x1, image is 2x2")
     beam_style = (type(err), repr(err), ["Traceback ..."])
@@ -176,7 +177,8 @@ def test_failed_to_reject_shapes():
 
 def test_rejects_take_the_item_source_and_the_given_stage():
     """The GRIT pipeline's items carry `source` (no `id`), and its text stage reuses these helpers."""
-    from groundforge.pipeline.detect import GroundingError, failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.handlers.common import GroundingError
+    from groundforge.pipeline.handlers.dlq import failed_batch_to_rejects, failed_to_reject
 
     item = {"source": "caps.csv#3", "key": "x.jpg\x1fa dog", "image_id": "x.jpg"}
     err = GroundingError("undecodable_image", "cannot identify")
@@ -196,7 +198,7 @@ def test_rejects_take_the_item_source_and_the_given_stage():
 def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
     import transformers
 
-    from groundforge.pipeline.detect import DetectorHandler
+    from groundforge.pipeline.handlers.detector import DetectorHandler
 
     seen = []
     for cls in (transformers.AutoModelForZeroShotObjectDetection, transformers.AutoProcessor):
@@ -222,7 +224,7 @@ def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
 def test_detect_boxes_are_pixels_of_each_image_and_padding_queries_never_win(owl_dir):
     from PIL import Image
 
-    from groundforge.pipeline.detect import LoadedDetector
+    from groundforge.pipeline.handlers.detector import LoadedDetector
 
     det = LoadedDetector(str(owl_dir), device="cpu")
     sizes = [(80, 40), (30, 60), (64, 64)]
@@ -273,7 +275,7 @@ def test_runinference_batches_and_hands_off_cpu_lists(owl_dir):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from groundforge.pipeline.detect import DetectorHandler
+    from groundforge.pipeline.handlers.detector import DetectorHandler
 
     sizes = [(80, 40), (30, 60), (64, 64), (50, 20), (33, 47)]
     texts = [["a dog", "A dog", "two cats"], ["a red couch"], ["the remote", "a cat", "a dog", "a sofa"],
@@ -302,7 +304,9 @@ def test_bad_images_become_failed_elements_and_rejects(owl_dir):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from groundforge.pipeline.detect import DetectorHandler, dlq_to_rejects
+    from groundforge.pipeline.handlers.detector import DetectorHandler
+
+    from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
     good = [element(0, 40, 30, ["a dog"]), element(1, 64, 48, ["two cats", "a couch"])]
     corrupt = {**element(2, 40, 30, ["a dog"]), "image": b"this is not an image"}
@@ -329,18 +333,19 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from groundforge.pipeline import detect
+    from groundforge.pipeline.handlers import detector
+    from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
     def out_of_memory(self, images, queries):
         raise RuntimeError(f"CUDA out of memory with {len(images)} images")
 
-    monkeypatch.setattr(detect.LoadedDetector, "detect", out_of_memory)  # in_memory runner: same process
-    handler = detect.DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
+    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in_memory runner: same process
+    handler = detector.DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
     with TestPipeline(options=options()) as p:
         results, dlq = (p | beam.Create([element(0, 40, 30, ["a dog"]), element(1, 20, 20, ["a cat"])])
                         | RunInference(handler).with_exception_handling())
         assert_that(results, equal_to([]), label="NoResults")
-        assert_that(detect.dlq_to_rejects(dlq), equal_to([
+        assert_that(dlq_to_rejects(dlq), equal_to([
             {"source": f"img-{i}", "stage": "ground", "reason": "out_of_memory",
              "detail": "RuntimeError: RuntimeError('CUDA out of memory with 2 images')"} for i in (0, 1)]),
             label="Rejects")
@@ -351,7 +356,7 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
 
 
 def test_dino_phrase_token_spans():
-    from groundforge.pipeline.detect import _phrase_token_spans, dino_phrase
+    from groundforge.pipeline.handlers.detector import _phrase_token_spans, dino_phrase
 
     assert dino_phrase("St. Louis  Arch") == "st louis arch"
     cls, sep, dot, pad = 101, 102, 1012, 0
@@ -363,7 +368,7 @@ def test_dino_phrase_token_spans():
 
 
 def test_florence_detections_map_phrases_to_chunks():
-    from groundforge.pipeline.detect import florence_detections, phrase_key
+    from groundforge.pipeline.handlers.florence2 import florence_detections, phrase_key
     from groundforge.transforms.codecs import get_codec
 
     codec = get_codec("florence2")
@@ -381,13 +386,13 @@ def test_florence_detections_map_phrases_to_chunks():
 
 
 def test_florence_handler_options():
-    from groundforge.pipeline.detect import Florence2GroundingHandler
+    from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
 
     h = Florence2GroundingHandler("florence-dir", device="cpu", batch_size=4)
     assert h.trust_remote_code is False
     assert h.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 4}
     assert h.get_metrics_namespace() == "groundforge_florence2"
-    from groundforge.pipeline.detect import GroundingError
+    from groundforge.pipeline.handlers.common import GroundingError
     with pytest.raises(GroundingError) as err:
         h.prepare(element(0, 20, 20, ["a dog"]))
     assert err.value.reason == "empty_caption"
@@ -400,7 +405,7 @@ def test_grounding_dino_labels_are_per_phrase_argmax(tmp_path):
     import torch
     from PIL import Image
 
-    from groundforge.pipeline.detect import LoadedDetector
+    from groundforge.pipeline.handlers.detector import LoadedDetector
 
     det = LoadedDetector(str(make_grounding_dino(tmp_path)), device="cpu")
     assert det.family == "dino"
@@ -442,7 +447,9 @@ def test_florence2_handler_through_runinference(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from groundforge.pipeline.detect import Florence2GroundingHandler, dlq_to_rejects
+    from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
+
+    from groundforge.pipeline.handlers.dlq import dlq_to_rejects
     from groundforge.transforms.codecs import get_codec
 
     model_dir = str(make_florence2(tmp_path, answer="a dog<loc_100><loc_200><loc_500><loc_900>"))

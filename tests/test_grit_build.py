@@ -225,12 +225,12 @@ def test_detector_grounder_csv_captions_end_to_end(owl, tmp_path):
 
 
 def test_detector_failures_become_ground_rejects(owl, tmp_path, monkeypatch):
-    from groundforge.pipeline import detect
+    from groundforge.pipeline.handlers import detector
 
     def out_of_memory(self, images, queries):
         raise RuntimeError(f"CUDA out of memory with {len(images)} images")
 
-    monkeypatch.setattr(detect.LoadedDetector, "detect", out_of_memory)  # in-memory runner: same process
+    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in-memory runner: same process
     images = tmp_path / "images"
     write_images(images, CAPTIONS[:2])
     rows = [{"caption": c, "image": {"bytes": (images / n).read_bytes(), "path": None}} for n, _, _, c in CAPTIONS[:2]]
@@ -355,7 +355,8 @@ def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
 def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp_path):
     """A malformed instances box is one `annotation` reject (it used to fail the whole captions file, or the
     run); captions without an id get distinct keys (they used to share one record id)."""
-    from groundforge.pipeline.build_grit import ReadCaptionsFn, Source
+    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
+    from groundforge.pipeline.builders.grit.plan import Source
     from groundforge.pipeline.readers.coco import REJECTS, STATS
 
     instances = {"categories": [{"id": 1, "name": "dog"}], "annotations": [
@@ -392,7 +393,7 @@ def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp
 def test_text_stage_failures_become_text_rejects(tmp_path, monkeypatch):
     """A spaCy batch that raises becomes one `text` reject per caption (RunInference's dead letters, through
     pipeline.detect.dlq_to_rejects); the other batches go on to records."""
-    from groundforge.pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.handlers.spacy import SpacyHandler
 
     original = SpacyHandler.run_inference
 
@@ -427,7 +428,8 @@ def test_parquet_tables_read_only_the_needed_columns(tmp_path):
 
 
 def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
-    from groundforge.pipeline.readers.captions import InputError, check_caption_columns, read_caption_table
+    from groundforge.pipeline.readers.captions import check_caption_columns, read_caption_table
+    from groundforge.pipeline.readers.common import ReaderError
 
     data = jpeg_bytes(8, 6)
     (tmp_path / "c.jsonl").write_text(
@@ -459,7 +461,7 @@ def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
     (tmp_path / "bom.csv").write_bytes("\ufeffcaption,image\na cat,y.jpg\n".encode())
     [(kind, item)] = read_caption_table(str(tmp_path / "bom.csv"), caption_column="caption", image_column="image")
     assert (kind, item["caption"], item["file_name"]) == ("item", "a cat", "y.jpg")  # no BOM in the header
-    with pytest.raises(InputError, match="no column 'image'"):
+    with pytest.raises(ReaderError, match="no column 'image'"):
         check_caption_columns(str(tmp_path / "c.csv"), "caption", "image")
     [(kind, item)] = read_caption_table(str(tmp_path / "c.csv"), caption_column="caption", image_column="path")
     assert (kind, item["caption"], item["file_name"]) == ("item", "a dog", "x.jpg")
@@ -483,7 +485,8 @@ def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
 
 
 def test_unreadable_caption_parquet_is_one_file_reject(tmp_path):
-    from groundforge.pipeline.build_grit import ReadCaptionsFn, Source
+    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
+    from groundforge.pipeline.builders.grit.plan import Source
     from groundforge.pipeline.readers.coco import REJECTS
 
     path = tmp_path / "c.parquet"
@@ -626,7 +629,9 @@ def test_configuration_errors_fail_before_running(tmp_path, owl):
 def run_filter(detections, chunks, ref_exps, **filters):
     from apache_beam.pvalue import TaggedOutput
 
-    from groundforge.pipeline.build_grit import FilterFn, Settings
+    from groundforge.pipeline.builders.grit.outputs import FilterFn
+
+    from groundforge.pipeline.builders.grit.plan import Settings
     from groundforge.pipeline.writer import expand_group
     from groundforge.transforms.grounding import filter_settings
 
@@ -698,7 +703,7 @@ def test_expressions_are_reduced_after_grounding():
 
 
 def test_spacy_handler_batches_and_abstract_nouns():
-    from groundforge.pipeline.nlp import SpacyHandler
+    from groundforge.pipeline.handlers.spacy import SpacyHandler
 
     handler = SpacyHandler(batch_size=2, abstract_nouns=["dog"])
     assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 2}
@@ -715,8 +720,10 @@ def test_spacy_handler_batches_and_abstract_nouns():
 
 
 def test_florence2_grounder_uses_the_florence_handler_without_remote_code():
-    from groundforge.pipeline.build_grit import Grounding, make_handler
-    from groundforge.pipeline.detect import DetectorHandler, Florence2GroundingHandler
+    from groundforge.pipeline.builders.grit.plan import Grounding
+    from groundforge.pipeline.builders.grit.ground import make_handler
+    from groundforge.pipeline.handlers.detector import DetectorHandler
+    from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
 
     florence = make_handler("florence2", "some/florence", Grounding(device="cpu", batch_size=3), 0.65)
     assert isinstance(florence, Florence2GroundingHandler) and florence.trust_remote_code is False

@@ -29,10 +29,8 @@ import tarfile
 from typing import Any, Iterator
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.refcoco_parquet import image_field
-from groundforge.pipeline.readers.refer import id_str, positive_int
+from groundforge.pipeline.readers.common import ReaderError, id_str, image_field, positive_int
 from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, table_columns
-from groundforge.pipeline.readers.tables import ReaderError as InputError  # a bad input configuration: fails the run at once
 from groundforge.transforms.boxes import xywh_to_xyxy
 from groundforge.transforms.grit import RowError, parse_grit_row
 from groundforge.transforms.records import reject
@@ -116,7 +114,7 @@ def check_caption_columns(path: str, caption_column: str, image_column: str) -> 
     columns = table_columns(path)
     missing = [c for c in (caption_column, image_column) if c not in columns]
     if missing and columns:
-        raise InputError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
+        raise ReaderError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
                          "set --caption-column / --image-column")
 
 
@@ -298,10 +296,10 @@ def check_grit20m_columns(path: str, images: str | None) -> None:
     columns = table_columns(path)
     missing = [c for c in GRIT20M_COLUMNS if c not in columns]
     if missing:
-        raise InputError(f"{path}: not in the GRIT-20M layout, missing {', '.join(missing)} "
+        raise ReaderError(f"{path}: not in the GRIT-20M layout, missing {', '.join(missing)} "
                          f"(columns: {', '.join(columns)})")
     if "image" not in columns and not images:
-        raise InputError(f"{path}: GRIT-20M rows have no image bytes; download the images (img2dataset) and pass "
+        raise ReaderError(f"{path}: GRIT-20M rows have no image bytes; download the images (img2dataset) and pass "
                          "--images DIR (files named by the key, file_name or image_path column)")
     if "image" not in columns and not any(c in columns for c in GRIT20M_IMAGE_COLUMNS):
-        raise InputError(f"{path}: no column to find the image by ({', '.join(GRIT20M_IMAGE_COLUMNS)})")
+        raise ReaderError(f"{path}: no column to find the image by ({', '.join(GRIT20M_IMAGE_COLUMNS)})")

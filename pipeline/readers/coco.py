@@ -10,7 +10,7 @@ from collections import defaultdict
 import apache_beam as beam
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.refer import positive_int
+from groundforge.pipeline.readers.common import positive_int
 from groundforge.transforms.counting import categories_from_coco
 from groundforge.transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
 from groundforge.transforms.paths import safe_join

@@ -19,20 +19,23 @@ import posixpath
 import re
 from typing import Any, Iterable, Iterator
 
-from groundforge.pipeline.readers.refer import (
+from groundforge.pipeline.readers.common import (
     ReaderError,
+    canonical_image_id,
+    id_str,
+    image_field,
+    positive_int,
+)
+from groundforge.pipeline.readers.common import text_of as _text
+from groundforge.pipeline.readers.refer import (
     _Reject,
     _str_keys,
-    _text,
     bbox_to_xyxy,
-    canonical_image_id,
     check_bbox_format,
     check_dataset,
-    id_str,
     image_id_from_file_name,
     make_item,
     make_reject,
-    positive_int,
     required,
     sentence_texts,
 )
@@ -98,17 +101,6 @@ def detect_file_layout(path: str) -> str:
 
 
 # ---------------------------------------------------------------- row functions
-
-def image_field(value: Any) -> tuple[bytes | None, str | None]:
-    """(bytes, path) of an image column: a Hugging Face `{"bytes", "path"}` struct, raw bytes or a path."""
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), _text(value.get("path"))
-        return (bytes(data) if isinstance(data, (bytes, bytearray)) and data else None), (path or None)
-    if isinstance(value, (bytes, bytearray)):
-        return (bytes(value) or None), None
-    text = _text(value)
-    return None, (text.strip() or None) if text else None
-
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) in display orientation from the image header only (no pixel decode)."""

@@ -21,7 +21,17 @@ import re
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.tables import ReaderError  # every reader raises it; re-exported here
+from groundforge.pipeline.readers.common import (  # noqa: F401  (re-exported: the refer layout's id helpers)
+    ReaderError,
+    canonical_image_id,
+    holdout_text,
+    id_str,
+    parse_exclude_images,
+    positive_int,
+    read_exclude_images,
+    sort_image_ids,
+    text_of as _text,
+)
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 # (dataset -> split_by values that exist in lichengunc/refer)
@@ -178,50 +188,9 @@ def safe_load_pickle(path_or_file: Any) -> Any:
 
 # ---------------------------------------------------------------- value helpers
 
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin1")
-    return value if isinstance(value, str) else None
-
-
 def _str_keys(d: dict) -> dict:
     """Dict keys that a pickle loaded as bytes become str."""
     return {(_text(k) if isinstance(k, bytes) else k): v for k, v in d.items()}
-
-
-def id_str(value: Any) -> str | None:
-    """A source id as a string: 12 -> "12", 12.0 -> "12", " 12 " -> "12"; None for missing/unusable."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else None
-    text = _text(value)
-    if text is None or not text.strip():
-        return None
-    return text.strip()
-
-
-def canonical_image_id(value: Any) -> str | None:
-    """Image ids compare as strings; all-digit ids lose leading zeros so "000000581857" == "581857"."""
-    text = id_str(value)
-    if text is not None and text.isdigit():
-        return str(int(text))
-    return text
-
-
-def positive_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and value > 0:
-        return value
-    return None
 
 
 def bbox_to_xyxy(value: Any, fmt: str) -> list[float]:
@@ -311,15 +280,6 @@ def dedupe_sentences(sentences: Iterable[str]) -> tuple[list[str], int]:
     return kept, dropped
 
 
-def _id_sort_key(image_id: str):
-    return (0, int(image_id), image_id) if image_id.isdigit() else (1, 0, image_id)
-
-
-def sort_image_ids(image_ids: Iterable[str]) -> list[str]:
-    """Unique ids, numeric ones in numeric order first, then the others in string order."""
-    return sorted(set(image_ids), key=_id_sort_key)
-
-
 def is_holdout(item: dict) -> bool:
     """A ref item in an evaluation split (anything but `train`)."""
     return not is_reject(item) and item["split"] != TRAIN_SPLIT
@@ -329,33 +289,6 @@ def holdout_image_ids(items: Iterable[dict]) -> list[str]:
     """Sorted unique image ids of every item whose split is not `train` (val, testA, testB, test, ...).
     Rejects are ignored. Numeric ids sort numerically."""
     return sort_image_ids(item["image_id"] for item in items if is_holdout(item))
-
-
-def holdout_text(image_ids: Iterable[str]) -> str:
-    """Contents of OUT/holdout_image_ids.txt: a comment line, then one id per line."""
-    lines = ["# image ids in val/test splits; pass to --exclude-images to keep them out of training sets"]
-    lines += list(image_ids)
-    return "\n".join(lines) + "\n"
-
-
-def parse_exclude_images(text: str) -> frozenset[str]:
-    """One image id per line; `#` starts a comment; blank lines are ignored. Ids are canonicalised."""
-    ids = set()
-    for line in text.splitlines():
-        image_id = canonical_image_id(line.split("#", 1)[0])
-        if image_id is not None:
-            ids.add(image_id)
-    return frozenset(ids)
-
-
-def read_exclude_images(path: str) -> frozenset[str]:
-    """Read an `--exclude-images FILE`. A missing file is a ReaderError."""
-    try:
-        with fs.open_read(str(path)) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ReaderError(f"--exclude-images file not found: {path}") from None
-    return parse_exclude_images(data.decode("utf-8"))
 
 
 # ---------------------------------------------------------------- refer layout

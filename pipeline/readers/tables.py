@@ -17,17 +17,13 @@ import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from groundforge.pipeline import fs
+from groundforge.pipeline.readers.common import ReaderError
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".json": "json"}
 KINDS = ("parquet", "csv", "json", "jsonl")
 _BATCH_ROWS = 64  # Parquet rows per batch: rows may embed images
 _BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
-
-
-class ReaderError(ValueError):
-    """A bad input file or configuration: the run stops with this one-line message, or a worker turns it into
-    one `unreadable_file` reject for the file."""
 
 
 class BadRow(NamedTuple):

@@ -15,36 +15,38 @@ before any pipeline runs: a hostile pickle is refused by the restricted unpickle
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
 import click
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.options import check_dir, check_split, parse_tasks
-from groundforge.pipeline.readers.coco import REJECTS, STATS, load_image
+from groundforge.pipeline.builder import Builder, Outputs
+from groundforge.pipeline.config import BuildConfig, check_split, option
+from groundforge.pipeline.emit import REJECTS, STATS, reject, rejected, render_or_reject, size_mismatch, stat
+from groundforge.pipeline.options import check_dir, parse_tasks
+from groundforge.pipeline.readers.coco import load_image
+from groundforge.pipeline.readers.common import ReaderError, holdout_text, read_exclude_images, sort_image_ids
 from groundforge.pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
 from groundforge.pipeline.readers.refer import (
     DATASETS,
-    ReaderError,
     dedupe_sentences,
-    holdout_text,
     is_holdout,
     is_reject,
     load_refs,
     normalize_sentence,
     read_refer_files,
     refer_paths,
-    sort_image_ids,
 )
 from groundforge.pipeline.sample import SAMPLE_DIR
-from groundforge.pipeline.writer import WriteDataset, grouped_outputs, start_output
+from groundforge.pipeline.writer import grouped_outputs
 from groundforge.transforms.boxes import BoxError, checked_box
 from groundforge.transforms.images import ImageError, prepare_image
 from groundforge.transforms.paths import PathError
-from groundforge.transforms.records import make_object, make_record, record_id, reject, rendered
+from groundforge.transforms.records import make_object, make_record, record_id
 
-BUILDER = "refcoco"
+NAME = "refcoco"
 HOLDOUT_FILE = "holdout_image_ids.txt"
 TASKS = ("rec", "reg")
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -85,7 +87,7 @@ class ReadReferFn(beam.DoFn):
             for item in read_refer_files(refs_path, instances_path, self.dataset):
                 yield from _read_output(item)
         except ReaderError as err:
-            yield beam.pvalue.TaggedOutput(REJECTS, reject(refs_path, "read", "unreadable_file", str(err)))
+            yield reject(refs_path, "read", "unreadable_file", str(err))
 
 
 class ReadRowsFn(beam.DoFn):
@@ -102,13 +104,13 @@ class ReadRowsFn(beam.DoFn):
             for item in rows:
                 yield from _read_output(item)
         except ReaderError as err:  # a corrupt file is bad input, not a bad configuration
-            yield beam.pvalue.TaggedOutput(REJECTS, reject(path, "read", "unreadable_file", str(err)))
+            yield reject(path, "read", "unreadable_file", str(err))
 
 
 def _read_output(item: dict):
-    yield beam.pvalue.TaggedOutput(STATS, ("refs_read", 1))
+    yield stat("refs_read")
     if is_reject(item):
-        yield beam.pvalue.TaggedOutput(REJECTS, reject(item["source"], item["stage"], item["reason"], item["detail"]))
+        yield reject(item["source"], item["stage"], item["reason"], item["detail"])
     else:
         yield item
 
@@ -125,21 +127,20 @@ def _image_key(item: dict) -> str:
 class RefImageFn(beam.DoFn):
     """(image id, ref items) -> rendered rec/reg records; the image is loaded and checked once per group."""
 
-    def __init__(self, *, layout: str, images: str | None, tasks: tuple, fmt: str, seed: int, exclude: frozenset,
-                 max_pixels: int, image_mode: str):
-        self.layout = layout
-        self.images = images
-        self.tasks = tasks
-        self.fmt = fmt
-        self.seed = seed
-        self.exclude = exclude
-        self.max_pixels = max_pixels
-        self.image_mode = image_mode
+    def __init__(self, config: "RefcocoConfig", plan: "Plan"):
+        self.layout = plan.source.layout
+        self.images = plan.source.images
+        self.tasks = plan.tasks
+        self.fmt = config.format
+        self.seed = config.seed
+        self.exclude = plan.exclude
+        self.max_pixels = config.max_pixels
+        self.image_mode = config.image_mode
 
     def process(self, element):
         image_id, items = element
         if image_id in self.exclude:
-            yield beam.pvalue.TaggedOutput(STATS, ("excluded_holdout_images", 1))
+            yield stat("excluded_holdout_images")
             return
         groups: dict[str, list[dict]] = {}
         for item in sorted(items, key=lambda it: (it["source"], it["ref_id"])):
@@ -150,9 +151,9 @@ class RefImageFn(beam.DoFn):
                 data, info = self._load(group[0])
             except (ImageError, PathError) as err:
                 for item in group:
-                    yield _reject(item["source"], "image", err.reason, err.detail)
+                    yield rejected(item["source"], "image", err)
                 continue
-            yield beam.pvalue.TaggedOutput(STATS, ("images_read", 1))
+            yield stat("images_read")
             yield from grouped_outputs(out for item in group for out in self._records(item, data, info))
 
     def _load(self, item: dict):
@@ -165,17 +166,16 @@ class RefImageFn(beam.DoFn):
     def _records(self, item: dict, data: bytes, info):
         known = (item["width"], item["height"])
         if None not in known and known != (info.width, info.height):
-            yield _reject(item["source"], "image", "size_mismatch",
-                          f"annotation {known[0]}x{known[1]}, image {info.width}x{info.height}")
+            yield size_mismatch(item["source"], known, (info.width, info.height))
             return
         try:
             box = checked_box(item["bbox_xyxy"], info.width, info.height)
         except BoxError as err:
-            yield _reject(item["source"], "annotation", err.reason, err.detail)
+            yield rejected(item["source"], "annotation", err)
             return
         sentences, dropped = dedupe_sentences(item["sentences"])
         if dropped:
-            yield beam.pvalue.TaggedOutput(STATS, ("duplicate_sentences", dropped))
+            yield stat("duplicate_sentences", dropped)
         image = self._image(item, data)
         for index, text in enumerate(sentences):
             expr = " ".join(text.split())
@@ -185,14 +185,10 @@ class RefImageFn(beam.DoFn):
                     dataset=item["dataset"], split=item["split"], task=task, image=image,
                     image_id=item["image_id"], width=info.width, height=info.height, image_sha256=info.sha256,
                     objects=[make_object(expr, box, 1.0, (0, len(expr)))], caption=expr,
-                    meta={"builder": BUILDER, "layout": self.layout, "source": item["source"],
+                    meta={"builder": NAME, "layout": self.layout, "source": item["source"],
                           "ref_id": item["ref_id"], "ann_id": item["ann_id"], "sentence_index": index,
                           "file_name": item["file_name"], "license": LICENSE_NOTE})
-                try:
-                    yield rendered(record, self.fmt, self.seed)
-                except ValueError as err:  # templates.ControlTokenError (or another RenderError)
-                    yield _reject(f"record:{record['id']}", "render", getattr(err, "reason", "render_error"),
-                                  f"{item['source']} {task}: {err}")
+                yield render_or_reject(record, self.fmt, self.seed, f"{item['source']} {task}")
 
     def _image(self, item: dict, data: bytes) -> dict:
         # Embedded inputs have no file to point to, so their bytes are kept even with --image-mode path.
@@ -201,45 +197,8 @@ class RefImageFn(beam.DoFn):
         return {"bytes": data, "path": item["file_name"]}
 
 
-def _reject(source: str, stage: str, reason: str, detail: str):
-    return beam.pvalue.TaggedOutput(REJECTS, reject(source, stage, reason, detail))
-
-
 def _write_holdout(image_ids: list, path: str) -> None:
     fs.write_bytes(path, holdout_text(sort_image_ids(image_ids)).encode("utf-8"))
-
-
-# ---------------------------------------------------------------- pipeline
-
-def build_refcoco(*, source: Source, out: str, task_list: tuple, fmt: str, seed: int, exclude: frozenset,
-                  max_pixels: int, image_mode: str, num_shards: int | None, shard_size_mb: float,
-                  options, args: dict, **recorded) -> None:
-    """`recorded`: scalar descriptions of the inputs, only kept in dataset_info.json's args."""
-    start_output(out)
-    with beam.Pipeline(options=options) as p:
-        if source.layout == "refer":
-            read = (p | "ReferFiles" >> beam.Create([(source.refs_path, source.instances_path)])
-                    | "ReadRefs" >> beam.ParDo(ReadReferFn(source.dataset)).with_outputs(REJECTS, STATS, main="items"))
-        else:
-            read = (p | "Files" >> beam.Create(list(source.files)) | "SpreadFiles" >> beam.Reshuffle()
-                    | "ReadRows" >> beam.ParDo(ReadRowsFn(source)).with_outputs(REJECTS, STATS, main="items"))
-        _ = (read.items
-             | "Holdout" >> beam.Filter(is_holdout)
-             | "HoldoutIds" >> beam.Map(lambda item: item["image_id"])
-             | "HoldoutDistinct" >> beam.Distinct()
-             | "HoldoutList" >> beam.combiners.ToList()
-             | "WriteHoldout" >> beam.Map(_write_holdout, fs.join(out, HOLDOUT_FILE)))
-        built = (read.items
-                 | "ByImage" >> beam.Map(lambda item: (item["image_id"], item))
-                 | "GroupByImage" >> beam.GroupByKey()
-                 | "Records" >> beam.ParDo(RefImageFn(
-                     layout=source.layout, images=source.images, tasks=task_list, fmt=fmt, seed=seed, exclude=exclude,
-                     max_pixels=max_pixels, image_mode=image_mode)).with_outputs(REJECTS, STATS, main="groups"))
-        rejects = (read[REJECTS], built[REJECTS]) | "Rejects" >> beam.Flatten()
-        stats = (read[STATS], built[STATS]) | "Stats" >> beam.Flatten()
-        _ = {"groups": built.groups, "rejects": rejects, "stats": stats} | WriteDataset(
-            out, builder=BUILDER, dataset=source.dataset, args=args, num_shards=num_shards,
-            shard_size_mb=shard_size_mb, license="other", card_notes=CARD_NOTES)
 
 
 # ---------------------------------------------------------------- configuration (driver side, before any pipeline)
@@ -271,47 +230,80 @@ def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layou
     return Source("refer", dataset, images, refs_path=refs_path, instances_path=instances_path)
 
 
-def refcoco_command():
-    """The click command; built on demand so pipeline.cli can register it without a circular import."""
-    from groundforge.pipeline.cli import BEAM_CONTEXT, output_options, read_id_file, run_builder
+# ---------------------------------------------------------------- the builder
 
-    @click.command("refcoco", context_settings=BEAM_CONTEXT)
-    @click.option("--refer-dir", default=None, help="refer DATA_ROOT holding <dataset>/refs(<split_by>).p and "
-                  "<dataset>/instances.json (default: the shipped sample).")
-    @click.option("--dataset", type=click.Choice(DATASETS), default="refcoco", show_default=True)
-    @click.option("--split-by", type=click.Choice(("unc", "google", "umd")), default=None,
-                  help="refer split (default: unc; umd for refcocog).")
-    @click.option("--images", default=None, help="Image directory (COCO train2014) that file names resolve in.")
-    @click.option("--parquet", default=None, help="GLOB of lmms-lab/RefCOCO or jxu124/refcoco files "
-                  "(.parquet, .json, .jsonl; local or remote).")
-    @click.option("--input-layout", type=click.Choice(("auto",) + LAYOUTS), default="auto", show_default=True,
-                  help="Layout of --parquet files; auto detects it from the columns and says which.")
-    @click.option("--bbox-format", type=click.Choice(("xywh", "xyxy")), default=None,
-                  help="Override the box format of --parquet rows (lmms: xywh, jxu124: xyxy).")
-    @click.option("--split", default=None, callback=check_split, help="Split of --parquet files whose names do not tell it "
-                  "(lmms), or of rows without one (jxu124).")
-    @click.option("--tasks", default="rec,reg", show_default=True, help="Comma list of rec, reg.")
-    @click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,
-                  help="Embed image bytes, or keep file paths relative to --images (embedded inputs stay embedded).")
-    @output_options
-    @click.pass_context
-    def build_refcoco_cmd(ctx, refer_dir, dataset, split_by, images, parquet, input_layout, bbox_format, split,
-                          tasks, image_mode, out, fmt, num_shards, shard_size_mb, seed, exclude_images, max_pixels):
-        """RefCOCO / RefCOCO+ / RefCOCOg: `rec` (expression -> box) and `reg` (box -> expression) records, from the
-        refer layout (--refer-dir), or lmms-lab / jxu124 exports (--parquet). Writes OUT/holdout_image_ids.txt."""
-        task_list = parse_tasks(tasks, TASKS)
+@dataclass(frozen=True, kw_only=True)
+class RefcocoConfig(BuildConfig):
+    refer_dir: str | None = option(None, "refer DATA_ROOT holding <dataset>/refs(<split_by>).p and "
+                                   "<dataset>/instances.json (default: the shipped sample).", show_default=False)
+    dataset: str = option("refcoco", "Which of the three datasets.", type=click.Choice(DATASETS))
+    split_by: str | None = option(None, "refer split (default: unc; umd for refcocog).",
+                                  type=click.Choice(("unc", "google", "umd")), show_default=False)
+    images: str | None = option(None, "Image directory (COCO train2014) that file names resolve in.",
+                                show_default=False)
+    parquet: str | None = option(None, "GLOB of lmms-lab/RefCOCO or jxu124/refcoco files (.parquet, .json, .jsonl; "
+                                 "local or remote).", show_default=False)
+    input_layout: str = option("auto", "Layout of --parquet files; auto detects it from the columns and says which.",
+                               type=click.Choice(("auto",) + LAYOUTS))
+    bbox_format: str | None = option(None, "Override the box format of --parquet rows (lmms: xywh, jxu124: xyxy).",
+                                     type=click.Choice(("xywh", "xyxy")), show_default=False)
+    split: str | None = option(None, "Split of --parquet files whose names do not tell it (lmms), or of rows "
+                               "without one (jxu124).", check=check_split, show_default=False)
+    tasks: str = option("rec,reg", "Comma list of rec, reg.")
+    image_mode: str = option("embed", "Embed image bytes, or keep file paths relative to --images (embedded inputs "
+                             "stay embedded).", type=click.Choice(("embed", "path")))
+
+
+class Plan(NamedTuple):
+    source: Source
+    tasks: tuple
+    exclude: frozenset
+
+
+class RefcocoBuilder(Builder):
+    name = NAME
+    config = RefcocoConfig
+    help = ("RefCOCO / RefCOCO+ / RefCOCOg: `rec` (expression -> box) and `reg` (box -> expression) records, from "
+            "the refer layout (--refer-dir), or lmms-lab / jxu124 exports (--parquet). Writes "
+            "OUT/holdout_image_ids.txt.")
+    card_notes = CARD_NOTES
+
+    def prepare(self, config: RefcocoConfig) -> Plan:
+        tasks = parse_tasks(config.tasks, TASKS)
         try:
-            source = resolve_source(refer_dir=refer_dir, parquet=parquet, dataset=dataset, split_by=split_by,
-                                    images=images, input_layout=input_layout, bbox_format=bbox_format, split=split)
-            exclude = read_id_file(exclude_images)
+            source = resolve_source(refer_dir=config.refer_dir, parquet=config.parquet, dataset=config.dataset,
+                                    split_by=config.split_by, images=config.images,
+                                    input_layout=config.input_layout, bbox_format=config.bbox_format,
+                                    split=config.split)
+            exclude = read_exclude_images(config.exclude_images)
         except ReaderError as err:
             raise click.ClickException(str(err)) from None
-        if image_mode == "path" and source.layout == "lmms":
+        if config.image_mode == "path" and source.layout == "lmms":
             click.echo("note: lmms rows embed their images; those stay embedded with --image-mode path")
-        inputs = parquet or source.refs_path
-        run_builder(build_refcoco, out, ctx.args, source=source, task_list=task_list, fmt=fmt, seed=seed,
-                    exclude=exclude, max_pixels=max_pixels, image_mode=image_mode, num_shards=num_shards,
-                    shard_size_mb=shard_size_mb, dataset=dataset, layout=source.layout, inputs=inputs,
-                    images=source.images, tasks=",".join(task_list), exclude_images=exclude_images)
+        return Plan(source, tasks, exclude)
 
-    return build_refcoco_cmd
+    def inputs(self, config, plan: Plan) -> dict:
+        return {"layout": plan.source.layout}
+
+    def expand(self, p, config: RefcocoConfig, plan: Plan) -> Outputs:
+        source = plan.source
+        if source.layout == "refer":
+            read = (p | "ReferFiles" >> beam.Create([(source.refs_path, source.instances_path)])
+                    | "ReadRefs" >> beam.ParDo(ReadReferFn(source.dataset)).with_outputs(REJECTS, STATS, main="items"))
+        else:
+            read = (p | "Files" >> beam.Create(list(source.files)) | "SpreadFiles" >> beam.Reshuffle()
+                    | "ReadRows" >> beam.ParDo(ReadRowsFn(source)).with_outputs(REJECTS, STATS, main="items"))
+        _ = (read.items
+             | "Holdout" >> beam.Filter(is_holdout)
+             | "HoldoutIds" >> beam.Map(lambda item: item["image_id"])
+             | "HoldoutDistinct" >> beam.Distinct()
+             | "HoldoutList" >> beam.combiners.ToList()
+             | "WriteHoldout" >> beam.Map(_write_holdout, fs.join(config.out, HOLDOUT_FILE)))
+        built = (read.items
+                 | "ByImage" >> beam.Map(lambda item: (item["image_id"], item))
+                 | "GroupByImage" >> beam.GroupByKey()
+                 | "Records" >> beam.ParDo(RefImageFn(config, plan)).with_outputs(REJECTS, STATS, main="groups"))
+        return Outputs(built.groups, [read[REJECTS], built[REJECTS]], [read[STATS], built[STATS]])
+
+
+BUILDER = RefcocoBuilder()

@@ -1,0 +1,1 @@
+"""One module per builder, each defining `BUILDER` (see pipeline/builder.py); registered in pipeline/registry.py."""

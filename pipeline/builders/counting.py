@@ -1,0 +1,122 @@
+"""`groundforge build counting`: counting and count_class records from COCO detection annotations."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import apache_beam as beam
+import click
+from apache_beam.metrics import Metrics
+
+from groundforge.pipeline.builder import Builder, Outputs
+from groundforge.pipeline.config import BuildConfig, check_split, option
+from groundforge.pipeline.emit import REJECTS, STATS, rejected, render_or_reject, size_mismatch, stat
+from groundforge.pipeline.readers.coco import ExpandCoco, load_image
+from groundforge.pipeline.readers.common import canonical_image_id, read_exclude_images
+from groundforge.pipeline.sample import SAMPLE_DIR
+from groundforge.pipeline.writer import image_groups
+from groundforge.transforms.counting import Categories, count_image, counting_records
+from groundforge.transforms.images import ImageError
+from groundforge.transforms.paths import PathError
+
+IMAGE_MODES = ("embed", "path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountingConfig(BuildConfig):
+    coco: str | None = option(None, "COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped "
+                              "sample).", type=click.Path(exists=True, dir_okay=False), show_default=False)
+    images: str | None = option(None, "Image directory that file_name resolves in (default: next to --coco / the "
+                                "sample).", type=click.Path(exists=True, file_okay=False), show_default=False)
+    split: str = option("train", "Split name of the records.", check=check_split)
+    dataset: str = option("counting", "Dataset name of the records.")
+    image_mode: str = option("embed", "Embed image bytes, or keep only file names relative to --images (very "
+                             "large sets).", type=click.Choice(IMAGE_MODES))
+
+
+class Plan(NamedTuple):
+    coco: str
+    images: str
+    exclude: frozenset
+
+
+class CountingFn(beam.DoFn):
+    """One COCO image element -> image groups of rendered counting/count_class records, rejects and stats."""
+
+    def __init__(self, config: CountingConfig, plan: Plan):
+        self.c = config
+        self.plan = plan
+        self.images_read = Metrics.counter("groundforge", "images_read")
+        self.rejected = Metrics.counter("groundforge", "rejected")
+
+    def process(self, item):
+        c = self.c
+        entry = item["image"]
+        image_id = str(entry["id"])
+        yield stat("images_read")
+        self.images_read.inc()
+        if canonical_image_id(entry["id"]) in self.plan.exclude:
+            yield stat("excluded_holdout_images")
+            return
+        source = f"image:{image_id}:{entry['file_name']}"
+        try:
+            data, info = load_image(self.plan.images, entry["file_name"], c.max_pixels)
+        except (ImageError, PathError) as err:
+            yield self._count(rejected(source, "image", err))
+            return
+        claimed = (int(entry["width"]), int(entry["height"]))
+        if claimed != (info.width, info.height):
+            yield self._count(size_mismatch(source, claimed, (info.width, info.height)))
+            return
+        cats = Categories(item["classes"], item["category_names"])
+        counts = count_image(item["annotations"], cats, info.width, info.height)
+        for row in counts.rejects:
+            yield self._count(beam.pvalue.TaggedOutput(REJECTS, row))
+        image = {"bytes": None if c.image_mode == "path" else data, "path": entry["file_name"]}
+        base = {"split": c.split, "image_id": image_id, "width": info.width, "height": info.height,
+                "image_sha256": info.sha256, "image": image}
+        meta = {"source": item["source"], "file_name": entry["file_name"], "builder": "counting",
+                "license": entry.get("license")}
+        records, skipped = counting_records(base, counts, cats.classes, c.dataset, meta)
+        for row in skipped:
+            yield self._count(beam.pvalue.TaggedOutput(REJECTS, row))
+        done = []
+        for record in records:
+            out = render_or_reject(record, c.format, c.seed)
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield self._count(out)
+            else:
+                done.append(out)
+        yield from image_groups(done)
+
+    def _count(self, tagged):
+        self.rejected.inc()
+        return tagged
+
+
+class CountingBuilder(Builder):
+    name = "counting"
+    config = CountingConfig
+    help = ("Counting questions: one `counting` record (JSON of all class counts) and one `count_class` record "
+            "per class per image, from COCO boxes.")
+    card_notes = "Counting questions from COCO-style boxes. Image licenses follow the source images."
+
+    def prepare(self, config: CountingConfig) -> Plan:
+        coco, images = config.coco, config.images
+        if coco is None:
+            coco, images = str(SAMPLE_DIR / "instances.json"), images or str(SAMPLE_DIR / "images")
+        if images is None:
+            images = os.path.dirname(os.path.abspath(coco))
+        return Plan(coco, images, read_exclude_images(config.exclude_images))
+
+    def expand(self, p, config: CountingConfig, plan: Plan) -> Outputs:
+        expanded = (p | "CocoFile" >> beam.Create([plan.coco])
+                    | "ExpandCoco" >> beam.ParDo(ExpandCoco()).with_outputs(REJECTS, main="images"))
+        built = (expanded.images
+                 | "Spread" >> beam.Reshuffle()
+                 | "Count" >> beam.ParDo(CountingFn(config, plan)).with_outputs(REJECTS, STATS, main="groups"))
+        return Outputs(built.groups, [expanded[REJECTS], built[REJECTS]], [built[STATS]])
+
+
+BUILDER = CountingBuilder()

@@ -1,0 +1,81 @@
+"""Run a builder: the one pipeline skeleton every builder and `render` share.
+
+prepare (driver-side checks) -> Beam options -> mark OUT incomplete -> Pipeline(builder.expand) -> flatten
+rejects and stats -> WriteDataset (shards, rejects, extra tables, dataset_info.json, card). The config is
+recorded field by field in dataset_info.json's `args`.
+"""
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+
+from groundforge.pipeline import fs
+from groundforge.pipeline.config import recorded
+from groundforge.pipeline.options import pipeline_options
+from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
+
+
+def run(builder, config, beam_args=(), plan=None) -> dict | None:
+    """Build `config.out` with `builder`; returns dataset_info (None when a remote runner did not wait)."""
+    if plan is None:
+        plan = builder.prepare(config)
+    options = pipeline_options(beam_args)
+    args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}
+    start_output(config.out)
+    with beam.Pipeline(options=options) as p:
+        outs = builder.expand(p, config, plan)
+        pcolls = {"groups": outs.groups,
+                  "rejects": _flatten(p, outs.rejects, "Rejects"),
+                  "stats": _flatten(p, outs.stats, "Stats"),
+                  **{name: pcoll for name, (pcoll, _) in outs.tables.items()}}
+        _ = pcolls | WriteDataset(
+            config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
+            args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb, license=builder.license,
+            card_notes=builder.card_notes, tables={name: table for name, (_, table) in outs.tables.items()})
+    return read_info(config.out)
+
+
+def _flatten(p, pcolls: list, label: str):
+    return tuple(pcolls) | label >> beam.Flatten(pipeline=p)
+
+
+def read_info(out: str) -> dict | None:
+    path = fs.join(out, INFO_FILE)
+    if not fs.exists(path):  # a non-blocking remote run (e.g. Dataflow without waiting)
+        return None
+    return json.loads(fs.read_bytes(path))
+
+
+def run_command(builder, config, beam_args) -> dict | None:
+    """The CLI's run: build, print the summary; exit 1 when nothing was written."""
+    import sys
+
+    import click
+
+    info = run(builder, config, beam_args)
+    if info is None:
+        click.echo(f"submitted; {fs.join(config.out, INFO_FILE)} will appear when the job finishes")
+        return None
+    click.echo(summary_text(info))
+    if info["rows"] == 0:
+        click.echo("error: no records were written; see the rejects above", err=True)
+        sys.exit(1)
+    return info
+
+
+def summary_text(info: dict) -> str:
+    stats = info["stats"]
+    read = ", ".join(f"{k.removesuffix('_read').replace('_', ' ')} {v}" for k, v in stats.items() if k.endswith("_read"))
+    lines = [f"read: {read or 'nothing'}",
+             f"written: {info['rows']} records in {len(info['shards'])} shards"]
+    for split, entry in sorted(info["splits"].items()):
+        tasks = ", ".join(f"{t} {n}" for t, n in sorted(entry["tasks"].items()))
+        lines.append(f"  {split}: {entry['rows']} ({tasks})")
+    dropped = {k: v for k, v in stats.items() if not k.endswith("_read")}
+    for name, n in dropped.items():
+        lines.append(f"  {name.replace('_', ' ')}: {n}")
+    lines.append(f"rejected: {info['rejects']['rows']}")
+    for reason, n in info["rejects"]["by_reason"].items():
+        lines.append(f"  {reason}: {n}")
+    return "\n".join(lines)
