@@ -10,7 +10,6 @@ import os
 import sys
 
 import click
-
 from groundforge.pipeline import fs
 from groundforge.pipeline.shards import iter_rows, load_info
 from groundforge.schemas import record_arrow_schema, record_errors, reject_arrow_schema

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 
 import click
-
 from groundforge.pipeline import registry
 from groundforge.pipeline.config import click_params
 

@@ -14,7 +14,6 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
 
 import click
-
 from groundforge.transforms.codecs import FORMATS
 
 SPLIT_NAME = r"^\w+(\.\w+)*$"  # what the Hugging Face Hub accepts as a split name in data_files

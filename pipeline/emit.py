@@ -7,7 +7,7 @@ dataset_info.json), and `render_or_reject` renders a record for the target forma
 from __future__ import annotations
 
 import apache_beam as beam
-
+from groundforge.pipeline.readers.common import Rejected
 from groundforge.transforms.records import reject as reject_row
 from groundforge.transforms.records import rendered
 
@@ -41,3 +41,17 @@ def render_or_reject(record: dict, fmt: str, seed: int, where: str = "", options
     except ValueError as err:  # templates.RenderError (control_tokens, bad_span, ...) or BoxError, with .reason
         detail = f"{where}: {err}" if where else str(err)
         return reject(f"record:{record['id']}", "render", getattr(err, "reason", "render_error"), detail)
+
+
+def read_outputs(rows, counter: str | None = None):
+    """A reader's output (items and `Rejected`, see readers/common.py) -> items and reject outputs, plus a
+    `counter` stat per input read: every item and every read-stage reject (an annotation reject is not an input)."""
+    for row in rows:
+        if isinstance(row, Rejected):
+            if counter and row.stage == "read":
+                yield stat(counter)
+            yield beam.pvalue.TaggedOutput(REJECTS, row.row)
+        else:
+            if counter:
+                yield stat(counter)
+            yield row

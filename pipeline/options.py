@@ -13,7 +13,11 @@ def pipeline_options(beam_args: list[str] | tuple[str, ...] = ()):
     a binary and fails offline), in multi_processing mode over every core unless the user chose otherwise.
     Anything else (`--runner DataflowRunner --project ... --region ... --temp_location ...`) passes through.
     """
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+    from apache_beam.options.pipeline_options import (
+        DirectOptions,
+        PipelineOptions,
+        StandardOptions,
+    )
 
     args = list(beam_args)
     opts = PipelineOptions(args)
@@ -47,12 +51,6 @@ def _given(args: list[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
-def runner_name(opts) -> str:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    return str(opts.view_as(StandardOptions).runner)
-
-
 def parse_tasks(value: str, allowed: tuple) -> tuple:
     """--tasks: a comma list of `allowed` task names, order kept, duplicates dropped."""
     tasks = tuple(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
@@ -65,15 +63,3 @@ def check_dir(path: str | None, option: str) -> None:
     """A local directory option must exist (remote URLs are checked by the pipeline when it reads them)."""
     if path and "://" not in path and not os.path.isdir(path):
         raise click.BadParameter(f"directory not found: {path}", param_hint=option)
-
-
-SPLIT_NAME = r"^\w+(\.\w+)*$"  # what the Hugging Face Hub accepts as a split name in data_files
-
-
-def check_split(ctx, param, value: str | None) -> str | None:
-    """click callback for --split: a name the Hub accepts (letters, digits, underscores, dots)."""
-    import re
-
-    if value is not None and not re.match(SPLIT_NAME, value):
-        raise click.BadParameter(f"{value!r}: a split name is letters, digits and underscores (dots between words)")
-    return value

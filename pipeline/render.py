@@ -9,7 +9,6 @@ from dataclasses import MISSING, dataclass
 
 import apache_beam as beam
 import click
-
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.config import FORMATS, WriteConfig, click_params, option
 from groundforge.pipeline.emit import REJECTS, STATS, render_or_reject, stat

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
-
 from groundforge.pipeline import fs
 from groundforge.pipeline.config import recorded
 from groundforge.pipeline.options import pipeline_options

@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-
 from groundforge.pipeline import fs
 from groundforge.schemas import record_arrow_schema, reject_arrow_schema
 from groundforge.transforms.records import BUILDER_VERSION, bucket, reject

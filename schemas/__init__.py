@@ -17,7 +17,6 @@ RECORD_COLUMNS = (
     "width", "height", "image_sha256", "objects", "caption", "meta",
 )
 TASKS = ("rec", "reg", "grounded_caption", "phrase_grounding", "counting", "count_class", "detection")
-REJECT_COLUMNS = ("source", "stage", "reason", "detail")
 
 
 @functools.lru_cache(maxsize=None)

@@ -51,7 +51,6 @@ def write_coco(root: Path, images: list[dict], annotations: list[dict], categori
 
 def run_cli(args: list[str], expect_exit: int | None = 0):
     from click.testing import CliRunner
-
     from groundforge.pipeline.cli import main
 
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -118,12 +117,19 @@ def make_owlv2(directory: Path, full: bool = False, seed: int = 0) -> Path:
     with the tiny tokenizer (ids stay inside the full 49408-token embedding).
     """
     import torch
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2Processor,
+    )
     try:
         from transformers import Owlv2ImageProcessor as ImageProcessor
         ImageProcessor()  # needs torchvision
     except ImportError:
-        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil as ImageProcessor
+        from transformers.models.owlv2.image_processing_pil_owlv2 import (
+            Owlv2ImageProcessorPil as ImageProcessor,
+        )
 
     directory = Path(directory)
     write_clip_bpe(directory / "tok")
@@ -165,7 +171,9 @@ def make_grounding_dino(directory: Path, seed: int = 0) -> Path:
         GroundingDinoProcessor,
         SwinConfig,
     )
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
 
     directory = Path(directory)
     (directory / "tok").mkdir(parents=True, exist_ok=True)
@@ -207,7 +215,9 @@ def make_florence2(directory: Path, answer: str | None = None, seed: int = 0) ->
         GenerationConfig,
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
+    from transformers.models.florence2.configuration_florence2 import (
+        Florence2VisionConfig,
+    )
 
     directory = Path(directory)
     (directory / "tok").mkdir(parents=True, exist_ok=True)
@@ -255,3 +265,20 @@ def same_boxes(got, want, tol=0.05) -> bool:  # float32 sigmoid round trip: ~1e-
     got, want = sorted(got, key=key), sorted(want, key=key)
     return len(got) == len(want) and all(
         all(abs(a - b) <= tol for a, b in zip(g, w)) for g, w in zip(got, want))
+
+
+def reader_view(rows) -> list:
+    """A reader's output (items and `Rejected`, see pipeline/readers/common.py) as plain dicts: a reject becomes
+    its row with "reject": True, so tests compare whole rows."""
+    from groundforge.pipeline.readers.common import Rejected
+
+    return [{"reject": True, **r.row} if isinstance(r, Rejected) else r for r in rows]
+
+
+def reader_pairs(rows, item: str = "item") -> list:
+    """A reader's output as (kind, value) pairs: (item, dict), ("reject", row) for read rejects and
+    ("annotation_reject", row) for rejects of other stages."""
+    from groundforge.pipeline.readers.common import Rejected
+
+    return [(("reject" if r.stage == "read" else "annotation_reject"), r.row) if isinstance(r, Rejected) else (item, r)
+            for r in rows]

@@ -6,8 +6,12 @@ import random
 import re
 
 import pytest
-
-from groundforge.transforms.codecs import FORMATS, find_special_tokens, get_codec, smart_resize
+from groundforge.transforms.codecs import (
+    FORMATS,
+    find_special_tokens,
+    get_codec,
+    smart_resize,
+)
 
 SIZES = [(640, 480), (1, 1), (333, 517), (4032, 3024), (1000, 1000), (2000, 3), (7, 5000), (1920, 1080)]
 
@@ -188,9 +192,10 @@ def test_kosmos2_dequantize_matches_patch_index_to_coordinate():
 
 
 def test_kosmos2_decode_matches_clean_text_and_extract_entities():
-    from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
-
     from groundforge.transforms.templates import render_record
+    from transformers.models.kosmos2.processing_kosmos2 import (
+        clean_text_and_extract_entities_with_bboxes,
+    )
 
     w, h = 640, 480
     caption = "A man walks two dogs in a park."
@@ -223,7 +228,9 @@ def reference_smart_resize():
     file as is (ast), so the oracle is still the library's own code.
     """
     try:
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+            smart_resize as reference,
+        )
         return reference
     except ImportError:
         pass
@@ -239,7 +246,9 @@ def reference_smart_resize():
 
 
 def test_smart_resize_matches_transformers():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as pil_copy
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        smart_resize as pil_copy,
+    )
 
     reference = reference_smart_resize()
     rng = random.Random(7)

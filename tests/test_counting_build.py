@@ -3,11 +3,10 @@ import hashlib
 import json
 
 import pytest
-
 from groundforge.pipeline.readers.coco import image_items, load_image
-from helpers import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
 from groundforge.transforms.counting import categories_from_coco, count_image
 from groundforge.transforms.images import ImageError
+from helpers import FAST_BEAM, jpeg_bytes, read_rows, reader_pairs, run_cli, write_coco
 
 
 def build(tmp_path, coco, extra=(), out_name="out", expect_exit=0):
@@ -130,7 +129,7 @@ def test_malformed_entries_are_rejects_not_losses_or_crashes():
                         {"id": 11, "image_id": [1], "category_id": 1, "bbox": [1, 1, 2, 2]}],
         "categories": [{"id": 1, "name": "dog", "supercategory": "animal"}],
     }
-    out = list(image_items(coco, "c.json"))
+    out = reader_pairs(image_items(coco, "c.json"), item="image")
     assert [(v["source"], v["reason"]) for k, v in out if k == "reject"] == [
         ("c.json:annotation#1", "bad_row"), ("c.json:image:1", "duplicate_image_id"), ("c.json:image:2", "bad_size"),
         ("c.json:image:3", "missing_field"), ("c.json:image:[4]", "bad_id"), ("c.json:image:'junk'", "bad_row"),
@@ -146,7 +145,7 @@ def test_malformed_entries_are_rejects_not_losses_or_crashes():
 ])
 def test_unusable_categories_reject_the_file(categories, detail):
     coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 8}], "categories": categories}
-    assert list(image_items(coco, "c.json")) == [
+    assert reader_pairs(image_items(coco, "c.json"), item="image") == [
         ("reject", {"source": "c.json", "stage": "read", "reason": "bad_categories", "detail": detail})]
 
 

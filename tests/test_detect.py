@@ -12,8 +12,16 @@ from __future__ import annotations
 import io
 
 import pytest
+from helpers import (
+    FAST_BEAM,
+    grid_boxes,
+    jpeg_bytes,
+    make_florence2,
+    make_grounding_dino,
+    make_owlv2,
+    same_boxes,
+)
 
-from helpers import FAST_BEAM, grid_boxes, jpeg_bytes, make_florence2, make_grounding_dino, make_owlv2, same_boxes
 
 @pytest.fixture(scope="module")
 def owl_dir(tmp_path_factory):
@@ -65,11 +73,14 @@ def _exif(orientation: int) -> bytes:
 
 
 def test_prepare_checks_and_num_bytes():
-    from PIL import Image
-
+    from groundforge.pipeline.handlers.common import (
+        GroundingError,
+        GroundingInput,
+        prepare,
+        source_of,
+    )
     from groundforge.pipeline.handlers.detector import DetectorHandler
-
-    from groundforge.pipeline.handlers.common import GroundingError, GroundingInput, prepare, source_of
+    from PIL import Image
 
     data = jpeg_bytes(40, 30)
     p = prepare({"id": "x", "image": {"bytes": data, "path": "x.jpg"}, "width": 40, "height": 30,
@@ -130,10 +141,9 @@ def test_grounding_and_image_stage_judge_bytes_alike():
     """detect.decode_image decodes through transforms.images: the bytes the image stage (prepare_image) keeps
     decode here, at the same display size, and the ones it rejects fail with the same reason. A broken EXIF
     block means orientation 1 in both (it used to be `undecodable_image` here only)."""
-    from PIL import Image
-
-    from groundforge.pipeline.handlers.common import decode_image, GroundingError
+    from groundforge.pipeline.handlers.common import GroundingError, decode_image
     from groundforge.transforms.images import ImageError, prepare_image
+    from PIL import Image
 
     data = jpeg_bytes(40, 30)
     rotated = io.BytesIO()
@@ -158,7 +168,10 @@ def test_grounding_and_image_stage_judge_bytes_alike():
 
 def test_failed_to_reject_shapes():
     from groundforge.pipeline.handlers.common import GroundingError, Prepared
-    from groundforge.pipeline.handlers.dlq import failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.handlers.dlq import (
+        failed_batch_to_rejects,
+        failed_to_reject,
+    )
 
     err = GroundingError("size_mismatch", "element says 1x1, image is 2x2")
     beam_style = (type(err), repr(err), ["Traceback ..."])
@@ -178,7 +191,10 @@ def test_failed_to_reject_shapes():
 def test_rejects_take_the_item_source_and_the_given_stage():
     """The GRIT pipeline's items carry `source` (no `id`), and its text stage reuses these helpers."""
     from groundforge.pipeline.handlers.common import GroundingError
-    from groundforge.pipeline.handlers.dlq import failed_batch_to_rejects, failed_to_reject
+    from groundforge.pipeline.handlers.dlq import (
+        failed_batch_to_rejects,
+        failed_to_reject,
+    )
 
     item = {"source": "caps.csv#3", "key": "x.jpg\x1fa dog", "image_id": "x.jpg"}
     err = GroundingError("undecodable_image", "cannot identify")
@@ -197,7 +213,6 @@ def test_rejects_take_the_item_source_and_the_given_stage():
 
 def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
     import transformers
-
     from groundforge.pipeline.handlers.detector import DetectorHandler
 
     seen = []
@@ -222,9 +237,8 @@ def test_loads_via_auto_classes_without_remote_code(owl_dir, monkeypatch):
 
 
 def test_detect_boxes_are_pixels_of_each_image_and_padding_queries_never_win(owl_dir):
-    from PIL import Image
-
     from groundforge.pipeline.handlers.detector import LoadedDetector
+    from PIL import Image
 
     det = LoadedDetector(str(owl_dir), device="cpu")
     sizes = [(80, 40), (30, 60), (64, 64)]
@@ -274,7 +288,6 @@ def test_runinference_batches_and_hands_off_cpu_lists(owl_dir):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
-
     from groundforge.pipeline.handlers.detector import DetectorHandler
 
     sizes = [(80, 40), (30, 60), (64, 64), (50, 20), (33, 47)]
@@ -303,9 +316,7 @@ def test_bad_images_become_failed_elements_and_rejects(owl_dir):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-
     from groundforge.pipeline.handlers.detector import DetectorHandler
-
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
     good = [element(0, 40, 30, ["a dog"]), element(1, 64, 48, ["two cats", "a couch"])]
@@ -332,7 +343,6 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-
     from groundforge.pipeline.handlers import detector
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
@@ -403,9 +413,8 @@ def test_grounding_dino_labels_are_per_phrase_argmax(tmp_path):
     """Tiny Grounding DINO: boxes equal the processor's own post-processing; a box's label and score are
     the best phrase by max token probability, phrases located independently via tokenizer offsets."""
     import torch
-    from PIL import Image
-
     from groundforge.pipeline.handlers.detector import LoadedDetector
+    from PIL import Image
 
     det = LoadedDetector(str(make_grounding_dino(tmp_path)), device="cpu")
     assert det.family == "dino"
@@ -446,10 +455,8 @@ def test_florence2_handler_through_runinference(tmp_path):
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-
-    from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
-
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
+    from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
     from groundforge.transforms.codecs import get_codec
 
     model_dir = str(make_florence2(tmp_path, answer="a dog<loc_100><loc_200><loc_500><loc_900>"))

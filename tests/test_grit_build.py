@@ -14,8 +14,15 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from helpers import build_cli, info_of, jpeg_bytes, read_rows, run_cli, write_coco
+from helpers import (
+    build_cli,
+    info_of,
+    jpeg_bytes,
+    read_rows,
+    reader_pairs,
+    run_cli,
+    write_coco,
+)
 
 SAMPLE_W, SAMPLE_H = 320, 240
 
@@ -168,8 +175,8 @@ def write_images(directory, specs):
 def check_detector_records(out, sizes: dict):
     """Every box is one of OWLv2's (clipped) patch-grid prior boxes of its image, annotation rows are the boxes
     normalised, and each record's objects are the chunks / expression that were grounded."""
-    from helpers import grid_boxes
     from groundforge.transforms.boxes import clip
+    from helpers import grid_boxes
 
     rows = read_rows(out)
     assert {r["image_id"] for r in rows if r["task"] == "grounded_caption"} == set(sizes)
@@ -335,19 +342,19 @@ def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
     # headers and data are padded to 512 bytes: a.jpg 0-2560, a.txt 2560-3584, b.jpg 3584-4608, b.txt from 4608
     (tmp_path / "whole.tar").write_bytes(shard)
     (tmp_path / "cut.tar").write_bytes(shard[:5122])  # inside b.txt's data: b.jpg was read, its caption not
-    whole = list(captions.read_webdataset(str(tmp_path / "whole.tar")))
+    whole = reader_pairs(captions.read_webdataset(str(tmp_path / "whole.tar")))
     assert [kind for kind, _ in whole] == ["reject", "item"]
     assert whole[0][1] == {"source": f"{tmp_path / 'whole.tar'}#a", "stage": "read", "reason": "member_too_large",
                            "detail": "a.jpg: 2000 bytes"}
     assert (whole[1][1]["caption"], whole[1][1]["image_bytes"]) == ("a cat", b"y" * 10)
-    cut = list(captions.read_webdataset(str(tmp_path / "cut.tar")))
+    cut = reader_pairs(captions.read_webdataset(str(tmp_path / "cut.tar")))
     assert [(kind, row["source"], row["reason"]) for kind, row in cut] == [
         ("reject", f"{tmp_path / 'cut.tar'}#a", "member_too_large"),
         ("reject", str(tmp_path / "cut.tar"), "unreadable_file")]
     # cut inside b.jpg's header, which tarfile itself takes for the end of the archive: sample a, still open
     # (more of its members could have followed), goes with the file
     (tmp_path / "header.tar").write_bytes(shard[:3684])
-    assert list(captions.read_webdataset(str(tmp_path / "header.tar"))) == [
+    assert reader_pairs(captions.read_webdataset(str(tmp_path / "header.tar"))) == [
         ("reject", {"source": str(tmp_path / "header.tar"), "stage": "read", "reason": "unreadable_file",
                     "detail": "ReadError: the archive ends without its end-of-archive block (cut short)"})]
 
@@ -355,9 +362,9 @@ def test_webdataset_reader_gives_one_row_per_sample(tmp_path, monkeypatch):
 def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp_path):
     """A malformed instances box is one `annotation` reject (it used to fail the whole captions file, or the
     run); captions without an id get distinct keys (they used to share one record id)."""
-    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
     from groundforge.pipeline.builders.grit.plan import Source
-    from groundforge.pipeline.readers.coco import REJECTS, STATS
+    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
+    from groundforge.pipeline.emit import REJECTS, STATS
 
     instances = {"categories": [{"id": 1, "name": "dog"}], "annotations": [
         {"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 30], "iscrowd": 0},
@@ -417,25 +424,32 @@ def test_text_stage_failures_become_text_rejects(tmp_path, monkeypatch):
 
 
 def test_parquet_tables_read_only_the_needed_columns(tmp_path):
-    from groundforge.pipeline.readers.captions import iter_table_rows, read_caption_table
+    from groundforge.pipeline.readers.captions import (
+        iter_table_rows,
+        read_caption_table,
+    )
 
     row = {"caption": "a dog", "image": "x.jpg", "url": "https://x", "clip_embedding": [0.5] * 8}
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "c.parquet")
     assert list(iter_table_rows(str(tmp_path / "c.parquet"), ["image", "caption", "absent"])) == [
         {"caption": "a dog", "image": "x.jpg"}]
-    [(_, item)] = read_caption_table(str(tmp_path / "c.parquet"), caption_column="caption", image_column="image")
+    [(_, item)] = reader_pairs(read_caption_table(str(tmp_path / "c.parquet"), caption_column="caption",
+                                                image_column="image"))
     assert (item["caption"], item["file_name"], item["meta"]) == ("a dog", "x.jpg", {"url": "https://x"})
 
 
 def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
-    from groundforge.pipeline.readers.captions import check_caption_columns, read_caption_table
+    from groundforge.pipeline.readers.captions import (
+        check_caption_columns,
+        read_caption_table,
+    )
     from groundforge.pipeline.readers.common import ReaderError
 
     data = jpeg_bytes(8, 6)
     (tmp_path / "c.jsonl").write_text(
         json.dumps({"text": " a dog ", "img": "a/b.jpg", "image_id": 7}) + "\n{not json\n\n"
         + json.dumps({"text": "a cat", "img": None}) + "\n")
-    items = list(read_caption_table(str(tmp_path / "c.jsonl"), caption_column="text", image_column="img"))
+    items = reader_pairs(read_caption_table(str(tmp_path / "c.jsonl"), caption_column="text", image_column="img"))
     src = str(tmp_path / "c.jsonl")
     assert [k for k, _ in items] == ["item", "reject", "reject"]
     item = items[0][1]
@@ -449,21 +463,24 @@ def test_caption_table_readers_jsonl_parquet_csv(tmp_path):
         {"caption": "a dog", "image": {"bytes": data, "path": "x.jpg"}},
         {"caption": "a dog", "image": {"bytes": None, "path": "y.jpg"}}]), tmp_path / "c.parquet")
     pq.write_table(pa.Table.from_pylist([{"caption": "a cat", "image": data}]), tmp_path / "raw.parquet")
-    (_, first), (_, second) = read_caption_table(str(tmp_path / "c.parquet"), caption_column="caption",
-                                                 image_column="image")
+    (_, first), (_, second) = reader_pairs(read_caption_table(str(tmp_path / "c.parquet"), caption_column="caption",
+                                                              image_column="image"))
     assert (first["image_bytes"], first["file_name"], first["image_id"]) == (data, None, "x.jpg")
     assert (second["image_bytes"], second["file_name"], second["image_id"]) == (None, "y.jpg", "y.jpg")
-    [(_, raw)] = read_caption_table(str(tmp_path / "raw.parquet"), caption_column="caption", image_column="image")
+    [(_, raw)] = reader_pairs(read_caption_table(str(tmp_path / "raw.parquet"), caption_column="caption",
+                                               image_column="image"))
     assert (raw["image_bytes"], raw["image_id"]) == (data, hashlib.sha256(data).hexdigest()[:16])
     assert first["key"] != second["key"] and raw["key"] == f"sha256:{hashlib.sha256(data).hexdigest()}\x1fa cat"
 
     (tmp_path / "c.csv").write_text("caption,path\na dog,x.jpg\n")
     (tmp_path / "bom.csv").write_bytes("\ufeffcaption,image\na cat,y.jpg\n".encode())
-    [(kind, item)] = read_caption_table(str(tmp_path / "bom.csv"), caption_column="caption", image_column="image")
+    [(kind, item)] = reader_pairs(read_caption_table(str(tmp_path / "bom.csv"), caption_column="caption",
+                                                    image_column="image"))
     assert (kind, item["caption"], item["file_name"]) == ("item", "a cat", "y.jpg")  # no BOM in the header
     with pytest.raises(ReaderError, match="no column 'image'"):
         check_caption_columns(str(tmp_path / "c.csv"), "caption", "image")
-    [(kind, item)] = read_caption_table(str(tmp_path / "c.csv"), caption_column="caption", image_column="path")
+    [(kind, item)] = reader_pairs(read_caption_table(str(tmp_path / "c.csv"), caption_column="caption",
+                                                    image_column="path"))
     assert (kind, item["caption"], item["file_name"]) == ("item", "a dog", "x.jpg")
 
 
@@ -476,7 +493,7 @@ def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
     path.write_bytes("\ufeff".encode() + json.dumps({"caption": "a dog", "image": "a.jpg"}).encode() + b"\n"
                      + b'{"caption": "caf\xe9", "image": "b.jpg"}\n'  # latin-1, not UTF-8
                      + json.dumps({"caption": "a cat", "image": "c.jpg"}).encode() + b"\n")
-    items = list(read_caption_table(str(path), caption_column="caption", image_column="image"))
+    items = reader_pairs(read_caption_table(str(path), caption_column="caption", image_column="image"))
     assert [(kind, row.get("caption", row.get("reason"))) for kind, row in items] == [
         ("item", "a dog"), ("reject", "bad_json"), ("item", "a cat")]
     assert items[1][1] == {"source": f"{path}#1", "stage": "read", "reason": "bad_json",
@@ -485,9 +502,9 @@ def test_caption_jsonl_with_bom_and_a_line_not_utf8(tmp_path):
 
 
 def test_unreadable_caption_parquet_is_one_file_reject(tmp_path):
-    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
     from groundforge.pipeline.builders.grit.plan import Source
-    from groundforge.pipeline.readers.coco import REJECTS
+    from groundforge.pipeline.builders.grit.read import ReadCaptionsFn
+    from groundforge.pipeline.emit import REJECTS
 
     path = tmp_path / "c.parquet"
     path.write_bytes(b"PAR1 truncated")
@@ -589,7 +606,7 @@ def test_balance_concepts_matches_the_reference_selection(tmp_path):
 
     # the reference: transforms.grit.balance_concepts over the same keys and spaCy chunks
     coco = json.loads(cap_file.read_text())
-    items = [v for kind, v in read_coco_captions(coco, None, str(cap_file)) if kind == "item"
+    items = [v for kind, v in reader_pairs(read_coco_captions(coco, None, str(cap_file))) if kind == "item"
              and v["caption"].strip() and v["image_id"] != "4" and "</s>" not in v["caption"]]
     phrases = extract([it["caption"] for it in items], load_spacy())
     chosen = set(balance_concepts([(it["key"], [c.text for c in p.chunks]) for it, p in zip(items, phrases)],
@@ -628,9 +645,7 @@ def test_configuration_errors_fail_before_running(tmp_path, owl):
 
 def run_filter(detections, chunks, ref_exps, **filters):
     from apache_beam.pvalue import TaggedOutput
-
     from groundforge.pipeline.builders.grit.outputs import FilterFn
-
     from groundforge.pipeline.builders.grit.plan import Settings
     from groundforge.pipeline.writer import expand_group
     from groundforge.transforms.grounding import filter_settings
@@ -720,8 +735,8 @@ def test_spacy_handler_batches_and_abstract_nouns():
 
 
 def test_florence2_grounder_uses_the_florence_handler_without_remote_code():
-    from groundforge.pipeline.builders.grit.plan import Grounding
     from groundforge.pipeline.builders.grit.ground import make_handler
+    from groundforge.pipeline.builders.grit.plan import Grounding
     from groundforge.pipeline.handlers.detector import DetectorHandler
     from groundforge.pipeline.handlers.florence2 import Florence2GroundingHandler
 

@@ -7,8 +7,14 @@ import random
 from collections import Counter
 
 import pytest
-
-from groundforge.transforms.grit import RowError, balance_concepts, concept_key, grit_row, parse_grit_row, phrase_counts
+from groundforge.transforms.grit import (
+    RowError,
+    balance_concepts,
+    concept_key,
+    grit_row,
+    parse_grit_row,
+    phrase_counts,
+)
 from groundforge.transforms.grounding import (
     COCO_CATEGORIES,
     MULTI_WORD,

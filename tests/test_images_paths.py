@@ -2,12 +2,11 @@ import io
 import os
 
 import pytest
-from PIL import Image
-
-from helpers import jpeg_bytes
 from groundforge.transforms.boxes import BoxError, checked_box, iou, nms, xywh_to_xyxy
 from groundforge.transforms.images import ImageError, prepare_image
 from groundforge.transforms.paths import PathError, safe_join
+from helpers import jpeg_bytes
+from PIL import Image
 
 
 def test_prepare_plain_jpeg_keeps_bytes():

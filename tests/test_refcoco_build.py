@@ -8,11 +8,10 @@ import io
 import json
 import pickle
 
+import fixtures_refcoco as fx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import fixtures_refcoco as fx
 from helpers import FAST_BEAM, build_cli, info_of, read_rows, run_cli
 
 # (width, height) per fixture image id, as the image files are written
@@ -24,7 +23,9 @@ def florence():
     """transformers' Florence2PostProcessor (the quantization oracle), with a tiny tokenizer (no hub download)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    from transformers.models.florence2.processing_florence2 import Florence2PostProcessor
+    from transformers.models.florence2.processing_florence2 import (
+        Florence2PostProcessor,
+    )
 
     tok = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

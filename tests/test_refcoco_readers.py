@@ -9,8 +9,8 @@ import pathlib
 import pickle
 import re
 
+import fixtures_refcoco as fx
 import pytest
-
 from groundforge.pipeline.readers.refcoco_parquet import (
     detect_file_layout,
     detect_layout,
@@ -31,12 +31,13 @@ from groundforge.pipeline.readers.refer import (
     holdout_text,
     image_id_from_file_name,
     load_instances,
+    make_reject,
     read_exclude_images,
     read_refer,
     ref_to_item,
     safe_load_pickle,
 )
-import fixtures_refcoco as fx
+from helpers import reader_view
 
 ITEM_KEYS = ["dataset", "split", "ref_id", "ann_id", "image_id", "file_name", "image_bytes", "width", "height",
              "bbox_xyxy", "sentences", "source"]
@@ -214,7 +215,7 @@ def test_hostile_refs_pickle_stops_read_refer(tmp_path):
     target = tmp_path / "pwned"
     refer_dir, _ = fx.write_refer(str(tmp_path), refs_bytes=pickle.dumps([_OpenForWrite(str(target))], protocol=2))
     with pytest.raises(UnsafePickleError) as err:
-        list(read_refer(refer_dir, "refcoco", "unc"))
+        reader_view(read_refer(refer_dir, "refcoco", "unc"))
     assert str(err.value) == (f"{refer_dir}/refcoco/refs(unc).p: refusing to unpickle io.open: "
                               "only plain containers and scalars are allowed")
     assert not target.exists()
@@ -225,7 +226,7 @@ def test_hostile_refs_pickle_stops_read_refer(tmp_path):
 def test_refer_items_exact(tmp_path):
     refer_dir, _ = fx.write_refer(str(tmp_path))
     refs = f"{refer_dir}/refcoco/refs(unc).p"
-    items, rejects = _split(list(read_refer(refer_dir, "refcoco", "unc")))
+    items, rejects = _split(reader_view(read_refer(refer_dir, "refcoco", "unc")))
     assert [list(i) for i in items] == [ITEM_KEYS] * 4
     assert items[0] == {
         "dataset": "refcoco", "split": "train", "ref_id": "0", "ann_id": "1001", "image_id": "581857",
@@ -250,14 +251,14 @@ def test_refer_items_exact(tmp_path):
     deduped = [dedupe_sentences(i["sentences"]) for i in items]
     assert [n for _, n in deduped] == [1, 0, 1, 0]
     assert deduped[0][0] == ["man on the left", "woman in a café"]
-    assert holdout_image_ids(items + rejects) == ["100", "200"]
+    assert holdout_image_ids(read_refer(refer_dir, "refcoco", "unc")) == ["100", "200"]  # rejects ignored
 
 
 def test_refer_python3_pickle_and_bytes_keys(tmp_path):
     refs = fx.refer_refs()[:1]
     refs[0] = {k.encode(): v for k, v in refs[0].items()}  # keys as Python 2 str read with encoding="bytes"
     refer_dir, _ = fx.write_refer(str(tmp_path), refs_bytes=pickle.dumps(refs, protocol=3))
-    (item,) = read_refer(refer_dir, "refcoco", "unc")
+    (item,) = reader_view(read_refer(refer_dir, "refcoco", "unc"))
     assert (item["ref_id"], item["bbox_xyxy"], item["sentences"][0]) == ("0", [1.0, 1.0, 4.0, 3.0], "man on the left")
 
 
@@ -265,10 +266,10 @@ def test_ref_annotation_on_other_image_rejected(tmp_path):
     refer_dir, _ = fx.write_refer(str(tmp_path))
     index = load_instances(f"{refer_dir}/refcoco/instances.json")
     ref = fx.refer_refs()[0] | {"image_id": 100}
-    out = ref_to_item(ref, index, dataset="refcoco", source="s")
+    (out,) = reader_view([ref_to_item(ref, index, dataset="refcoco", source="s")])
     assert out == {"reject": True, "source": "s", "stage": "read", "reason": "annotation_image_mismatch",
                    "detail": "ref image_id 100 but annotation 1001 is on image 581857"}
-    assert ref_to_item("junk", index, dataset="refcoco", source="s")["reason"] == "bad_row"
+    assert reader_view([ref_to_item("junk", index, dataset="refcoco", source="s")])[0]["reason"] == "bad_row"
 
 
 @pytest.mark.parametrize("dataset,split_by,message", [
@@ -279,12 +280,12 @@ def test_ref_annotation_on_other_image_rejected(tmp_path):
 ])
 def test_refer_invalid_combination(tmp_path, dataset, split_by, message):
     with pytest.raises(ReaderError, match=re.escape(message)):
-        list(read_refer(str(tmp_path), dataset, split_by))
+        reader_view(read_refer(str(tmp_path), dataset, split_by))
 
 
 def test_refer_missing_files(tmp_path):
     with pytest.raises(ReaderError, match=r"refer file not found: .*refcocog/refs\(umd\)\.p"):
-        list(read_refer(str(tmp_path), "refcocog", "umd"))
+        reader_view(read_refer(str(tmp_path), "refcocog", "umd"))
 
 
 # ---------------------------------------------------------------- lmms-lab parquet
@@ -292,7 +293,7 @@ def test_refer_missing_files(tmp_path):
 def test_lmms_parquet_items(tmp_path):
     path = fx.write_lmms_parquet(str(tmp_path / "data" / "testA-00000-of-00001.parquet"))
     assert detect_file_layout(path) == "lmms"
-    items, rejects = _split(list(read_refcoco_file(path, dataset="refcoco")))
+    items, rejects = _split(reader_view(read_refcoco_file(path, dataset="refcoco")))
     rows = fx.lmms_rows()
     assert items[0] == {
         "dataset": "refcoco", "split": "testA", "ref_id": "0", "ann_id": None, "image_id": "100",
@@ -314,12 +315,12 @@ def test_lmms_parquet_items(tmp_path):
 def test_lmms_split_from_option_and_bbox_override(tmp_path):
     path = fx.write_lmms_parquet(str(tmp_path / "refcoco.parquet"))
     with pytest.raises(ReaderError, match=r"refcoco\.parquet: cannot tell the split from the file name; pass --split"):
-        list(read_refcoco_file(path, dataset="refcoco"))
-    items, _ = _split(read_refcoco_file(path, dataset="refcoco", split="val", bbox_format="xyxy"))
+        reader_view(read_refcoco_file(path, dataset="refcoco"))
+    items, _ = _split(reader_view(read_refcoco_file(path, dataset="refcoco", split="val", bbox_format="xyxy")))
     assert {i["split"] for i in items} == {"val"}
     assert items[0]["bbox_xyxy"] == [1.5, 1.0, 3.0, 2.5]
     with pytest.raises(ReaderError, match="--bbox-format must be xywh or xyxy, got 'cxcywh'"):
-        list(read_refcoco_file(path, dataset="refcoco", split="val", bbox_format="cxcywh"))
+        reader_view(read_refcoco_file(path, dataset="refcoco", split="val", bbox_format="cxcywh"))
 
 
 def test_lmms_answer_as_string_and_row_function():
@@ -358,7 +359,7 @@ def _jxu124_expected(path, images_dir=None):
 def test_jxu124_items(tmp_path, writer, name):
     path = writer(str(tmp_path / "in" / name))
     assert detect_file_layout(path) == "jxu124"
-    items, rejects = _split(list(read_refcoco_file(path, dataset="refcoco")))
+    items, rejects = _split(reader_view(read_refcoco_file(path, dataset="refcoco")))
     assert items == _jxu124_expected(path)
     assert _reasons(rejects) == [("row=3", "bad_bbox"), ("row=4", "missing_field"), ("row=5", "no_sentences")]
     assert rejects[1]["detail"] == "split is missing and no --split was given"
@@ -370,22 +371,22 @@ def test_jxu124_images_dir_resolves_base_name(tmp_path):
     images_dir = str(tmp_path / "images" / "train2014")
     fx.write_images(images_dir)
     path = fx.write_jxu124_parquet(str(tmp_path / "refcoco.parquet"))
-    items, _ = _split(read_refcoco_file(path, dataset="refcoco", images_dir=images_dir))
+    items, _ = _split(reader_view(read_refcoco_file(path, dataset="refcoco", images_dir=images_dir)))
     assert items == _jxu124_expected(path, images_dir)
 
 
 def test_jxu124_split_fallback_and_file_split(tmp_path):
     path = fx.write_jxu124_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
-    results = list(read_refcoco_file(path, dataset="refcoco"))
+    results = reader_view(read_refcoco_file(path, dataset="refcoco"))
     assert [r.get("split", r.get("reason")) for r in results] == \
         ["train", "val", "testA", "bad_bbox", "validation", "no_sentences"]  # row split wins over file name
-    results = list(read_refcoco_file(path, dataset="refcoco", split="testB"))
+    results = reader_view(read_refcoco_file(path, dataset="refcoco", split="testB"))
     assert results[4]["split"] == "testB"
 
 
 def test_jsonl_bad_line_rejected(tmp_path):
     path = fx.write_jxu124_jsonl(str(tmp_path / "r.jsonl"), extra_lines=["{not json", "[1, 2]"])
-    results = list(read_refcoco_file(path, dataset="refcocog"))
+    results = reader_view(read_refcoco_file(path, dataset="refcocog"))
     assert len(results) == 8
     assert results[6] == {"reject": True, "source": f"{path}#row=6", "stage": "read", "reason": "bad_json",
                           "detail": "Expecting property name enclosed in double quotes: line 1 column 2 (char 1): "
@@ -398,7 +399,7 @@ def test_jsonl_line_not_utf8_rejected(tmp_path):
     path = tmp_path / "r.jsonl"
     bad = b'{"ref_id": 1, "sentences": ["caf\xe9"]}'  # latin-1, not UTF-8
     path.write_bytes("\ufeff".encode() + json.dumps(fx.jxu124_rows()[1]).encode() + b"\n" + bad + b"\n")
-    results = list(read_refcoco_file(str(path), dataset="refcoco", layout="jxu124"))
+    results = reader_view(read_refcoco_file(str(path), dataset="refcoco", layout="jxu124"))
     assert [r.get("reason", r.get("ref_id")) for r in results] == ["11", "bad_json"]  # BOM line read too
     assert results[1]["detail"] == ("'utf-8' codec can't decode byte 0xe9 in position 32: invalid continuation "
                                     "byte: '{\"ref_id\": 1, \"sentences\": [\"caf\ufffd\"]}'")
@@ -410,7 +411,7 @@ def test_corrupt_parquet_is_reader_error(tmp_path):
                        ("cut.parquet", pathlib.Path(good).read_bytes()[:-200])]:
         path = tmp_path / name
         path.write_bytes(data)
-        for read in (lambda p: file_columns(p), lambda p: list(read_refcoco_file(p, dataset="refcoco", split="val"))):
+        for read in (lambda p: file_columns(p), lambda p: reader_view(read_refcoco_file(p, dataset="refcoco", split="val"))):
             with pytest.raises(ReaderError, match=rf"^{re.escape(str(path))}: not a readable Parquet file \("):
                 read(str(path))
 
@@ -419,7 +420,7 @@ def test_json_object_file_is_config_error(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"train": []}, indent=1))
     with pytest.raises(ReaderError, match="expected a JSON array of rows or JSON Lines, got a JSON object"):
-        list(read_refcoco_file(str(path), dataset="refcoco", layout="jxu124"))
+        reader_view(read_refcoco_file(str(path), dataset="refcoco", layout="jxu124"))
 
 
 def test_jxu124_row_function_direct():
@@ -447,12 +448,12 @@ def test_detect_layout():
 
 def test_forced_layout_and_unknown_layout(tmp_path):
     path = fx.write_jxu124_parquet(str(tmp_path / "x.parquet"))
-    results = list(read_refcoco_file(path, dataset="refcoco", layout="lmms", split="val"))
+    results = reader_view(read_refcoco_file(path, dataset="refcoco", layout="lmms", split="val"))
     assert {r["reason"] for r in results} == {"missing_field"}  # no question_id in a jxu124 file
     with pytest.raises(ReaderError, match="unknown input layout 'coco': expected auto, lmms or jxu124"):
-        list(read_refcoco_file(path, dataset="refcoco", layout="coco"))
+        reader_view(read_refcoco_file(path, dataset="refcoco", layout="coco"))
     with pytest.raises(ReaderError, match="unknown dataset 'RefCOCO'"):
-        list(read_refcoco_file(path, dataset="RefCOCO"))
+        reader_view(read_refcoco_file(path, dataset="RefCOCO"))
 
 
 def test_split_from_path():
@@ -468,7 +469,7 @@ def test_input_files_sorted_and_glob(tmp_path):
     b = fx.write_lmms_parquet(str(tmp_path / "data" / "val-00001-of-00002.parquet"))
     a = fx.write_lmms_parquet(str(tmp_path / "data" / "val-00000-of-00002.parquet"))
     assert input_files(str(tmp_path / "data" / "*.parquet")) == [a, b]
-    results = list(read_refcoco_files(str(tmp_path / "data" / "*.parquet"), dataset="refcoco"))
+    results = reader_view(read_refcoco_files(str(tmp_path / "data" / "*.parquet"), dataset="refcoco"))
     assert [r["source"] for r in results][:2] == [f"{a}#row=0", f"{a}#row=1"]
     assert len(results) == 12
     with pytest.raises(ReaderError, match="no input files match .*nothing"):
@@ -497,7 +498,7 @@ def test_holdout_and_exclude_file(tmp_path):
     items = [{"split": s, "image_id": i} for s, i in
              [("train", "5"), ("val", "100"), ("testA", "20"), ("testB", "100"), ("test", "abc"), ("train", "20"),
               ("validation", "3")]]
-    items.append({"reject": True, "source": "x", "stage": "read", "reason": "bad_bbox", "detail": ""})
+    items.append(make_reject("x", "bad_bbox", ""))
     ids = holdout_image_ids(items)
     assert ids == ["3", "20", "100", "abc"]
     path = tmp_path / "holdout_image_ids.txt"

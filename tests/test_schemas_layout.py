@@ -6,10 +6,8 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+from groundforge import schemas, train, transforms
 
-from groundforge import schemas
-from groundforge import train
-from groundforge import transforms
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from groundforge.transforms.codecs import FORMATS, get_codec
 from groundforge.transforms.templates import (
     REGISTRY,

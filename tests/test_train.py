@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from train_fixtures import make_record, write_shard, write_shards
 
 torch = pytest.importorskip("torch")
@@ -259,7 +258,6 @@ def test_eval_scores_known_generations():
 
 def test_eval_command_writes_report_and_examples(tiny_model, tmp_path):
     from click.testing import CliRunner
-
     from groundforge.train.cli import eval_command
 
     folder = str(tmp_path / "shards")
@@ -281,7 +279,6 @@ def test_eval_command_writes_report_and_examples(tiny_model, tmp_path):
 
 def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
     from click.testing import CliRunner
-
     from groundforge.train.cli import train_command
 
     write_shards(str(tmp_path / "a"), _records("rec", 4), n_files=1, row_group_size=2)

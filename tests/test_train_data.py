@@ -5,7 +5,6 @@ import os
 from collections import Counter
 
 import pytest
-
 from train_fixtures import image_bytes_of, make_record, write_shard, write_shards
 
 torch = pytest.importorskip("torch")
@@ -72,9 +71,8 @@ def test_discovery_units_and_missing_pattern(shard_dir, tmp_path):
 def test_every_row_exactly_once_across_ranks_and_workers(shard_dir):
     """2 ranks x 2 DataLoader workers, one epoch: the union of all streams is every row exactly once,
     and no two slots share a row group."""
-    from torch.utils.data import DataLoader
-
     from groundforge.train.data import ShardStream, assign_units
+    from torch.utils.data import DataLoader
 
     folder, all_ids = shard_dir
     sources = _sources(folder)
@@ -229,11 +227,10 @@ def test_a_file_in_two_sources_is_read_by_both(tmp_path):
 def test_skips_reach_the_main_process_through_the_loader(tmp_path):
     """A record skipped in a DataLoader worker is counted in the batches: on the next sample of its slot,
     or on a tail marker when it is the last one (the collator drops the marker)."""
-    from torch.utils.data import DataLoader
-
     from groundforge.train.collate import Florence2Collator
     from groundforge.train.data import ShardStream, discover, list_units
     from groundforge.train.tiny import build_processor
+    from torch.utils.data import DataLoader
 
     write_shard(str(tmp_path / "s" / "a.parquet"), [make_record(0), _broken(make_record(1))])
     write_shard(str(tmp_path / "s" / "b.parquet"), [make_record(2), _broken(make_record(3)), make_record(4)])
@@ -260,7 +257,6 @@ def test_an_endless_stream_of_unreadable_images_fails_instead_of_hanging(tmp_pat
 def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from groundforge.train.data import ShardStream, discover, list_units
 
     pq.write_table(pa.table({"id": ["a"], "text": ["t"]}), str(tmp_path / "other.parquet"))
@@ -271,7 +267,6 @@ def test_a_shard_without_the_record_columns_is_a_clear_error(tmp_path):
 
 def test_fsspec_urls_are_read_like_local_files(tmp_path):
     import fsspec
-
     from groundforge.train.data import ShardStream, discover, list_units
 
     local = write_shard(str(tmp_path / "x.parquet"), [make_record(i) for i in range(4)], 2)

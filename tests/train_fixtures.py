@@ -63,7 +63,6 @@ def image_bytes_of(record: dict) -> bytes:
 def write_shard(path: str, records: list[dict], row_group_size: int | None = None) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from groundforge.schemas import record_arrow_schema
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

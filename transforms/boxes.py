@@ -19,11 +19,6 @@ def xywh_to_xyxy(box: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
 def clip(box: Sequence[float], width: float, height: float) -> list[float]:
     x1, y1, x2, y2 = box
     return [min(max(x1, 0.0), width), min(max(y1, 0.0), height),

@@ -8,11 +8,19 @@ from typing import NamedTuple
 import apache_beam as beam
 import click
 from apache_beam.metrics import Metrics
-
+from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.config import BuildConfig, check_split, option
-from groundforge.pipeline.emit import REJECTS, STATS, rejected, render_or_reject, size_mismatch, stat
-from groundforge.pipeline.readers.coco import ExpandCoco, load_image
+from groundforge.pipeline.emit import (
+    REJECTS,
+    STATS,
+    read_outputs,
+    rejected,
+    render_or_reject,
+    size_mismatch,
+    stat,
+)
+from groundforge.pipeline.readers.coco import image_items, load_image, parse_coco
 from groundforge.pipeline.readers.common import canonical_image_id, read_exclude_images
 from groundforge.pipeline.sample import SAMPLE_DIR
 from groundforge.pipeline.writer import image_groups
@@ -39,6 +47,17 @@ class Plan(NamedTuple):
     coco: str
     images: str
     exclude: frozenset
+
+
+class ExpandCoco(beam.DoFn):
+    """COCO file path -> one element per image; malformed files and entries go to rejects."""
+
+    def process(self, path: str):
+        coco, bad = parse_coco(fs.read_bytes(path), path)
+        if bad:
+            yield beam.pvalue.TaggedOutput(REJECTS, bad)
+            return
+        yield from read_outputs(image_items(coco, path))
 
 
 class CountingFn(beam.DoFn):

@@ -20,20 +20,36 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import click
-
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.config import BuildConfig, check_split, option
-from groundforge.pipeline.emit import REJECTS, STATS, reject, rejected, render_or_reject, size_mismatch, stat
+from groundforge.pipeline.emit import (
+    REJECTS,
+    STATS,
+    read_outputs,
+    reject,
+    rejected,
+    render_or_reject,
+    size_mismatch,
+    stat,
+)
 from groundforge.pipeline.options import check_dir, parse_tasks
 from groundforge.pipeline.readers.coco import load_image
-from groundforge.pipeline.readers.common import ReaderError, holdout_text, read_exclude_images, sort_image_ids
-from groundforge.pipeline.readers.refcoco_parquet import LAYOUTS, read_refcoco_file, resolve_inputs
+from groundforge.pipeline.readers.common import (
+    ReaderError,
+    holdout_text,
+    read_exclude_images,
+    sort_image_ids,
+)
+from groundforge.pipeline.readers.refcoco_parquet import (
+    LAYOUTS,
+    read_refcoco_file,
+    resolve_inputs,
+)
 from groundforge.pipeline.readers.refer import (
     DATASETS,
     dedupe_sentences,
     is_holdout,
-    is_reject,
     load_refs,
     normalize_sentence,
     read_refer_files,
@@ -84,8 +100,7 @@ class ReadReferFn(beam.DoFn):
         # it again here (a second or two for refcoco's ~30 MB, through the same restricted unpickler) is the
         # price of not shipping every ref from the driver through beam.Create.
         try:
-            for item in read_refer_files(refs_path, instances_path, self.dataset):
-                yield from _read_output(item)
+            yield from read_outputs(read_refer_files(refs_path, instances_path, self.dataset), "refs_read")
         except ReaderError as err:
             yield reject(refs_path, "read", "unreadable_file", str(err))
 
@@ -101,18 +116,9 @@ class ReadRowsFn(beam.DoFn):
         rows = read_refcoco_file(path, dataset=s.dataset, layout=s.layout, split=s.split,
                                  bbox_format=s.bbox_format, images_dir=s.images)
         try:
-            for item in rows:
-                yield from _read_output(item)
+            yield from read_outputs(rows, "refs_read")
         except ReaderError as err:  # a corrupt file is bad input, not a bad configuration
             yield reject(path, "read", "unreadable_file", str(err))
-
-
-def _read_output(item: dict):
-    yield stat("refs_read")
-    if is_reject(item):
-        yield reject(item["source"], item["stage"], item["reason"], item["detail"])
-    else:
-        yield item
 
 
 # ---------------------------------------------------------------- images and records

@@ -100,10 +100,9 @@ def source_of(element) -> str:
 def decode_image(image) -> tuple[Any, int]:
     """bytes / HF image dict / PIL image -> (RGB PIL image in display orientation, encoded size). Bytes are
     decoded by `transforms.images.decode_image`: the checks and reject reasons of the image stage."""
-    from PIL import Image
-
     from groundforge.transforms.images import ImageError
     from groundforge.transforms.images import decode_image as decode_bytes
+    from PIL import Image
 
     if isinstance(image, Mapping):
         image = image.get("bytes")

@@ -5,7 +5,6 @@ import time
 from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import PredictionResult
-
 from groundforge.pipeline.handlers.common import (
     DINO_TYPES,
     OMDET_TYPES,

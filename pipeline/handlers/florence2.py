@@ -7,7 +7,6 @@ from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
-
 from groundforge.pipeline.handlers.common import (
     FLORENCE_TASK,
     Prepared,
@@ -17,7 +16,6 @@ from groundforge.pipeline.handlers.common import (
     resolve_device,
     resolve_dtype,
 )
-
 
 _ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+")
 

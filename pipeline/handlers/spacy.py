@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-
 from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
 
 

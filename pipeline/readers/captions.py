@@ -1,8 +1,8 @@
 """Caption inputs of `groundforge build grit`, as caption items (plain Python, no Beam).
 
-Readers yield `("item", item)` or `("reject", row)` (stage "read") per input caption, like
-`pipeline.readers.coco.image_items`; the COCO reader also yields `("annotation_reject", row)` (stage
-"annotation") for an unusable box of the instances file, which is not a caption. A caption item is a dict:
+Readers follow the item protocol of readers/common.py: per input caption an item or a `Rejected` (stage "read");
+the COCO reader also yields a `Rejected` of stage "annotation" for an unusable box of the instances file, which is
+not a caption. A caption item is a dict:
 
     source       reject source ("file#row", "shard.tar#key", "caption:<id>")
     key          stable identity of the (image, caption) pair within the dataset: record ids and balancing
@@ -29,7 +29,14 @@ import tarfile
 from typing import Any, Iterator
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.common import ReaderError, id_str, image_field, positive_int
+from groundforge.pipeline.readers.common import (
+    ReaderError,
+    Rejected,
+    id_str,
+    image_field,
+    positive_int,
+    rejected,
+)
 from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, table_columns
 from groundforge.transforms.boxes import xywh_to_xyxy
 from groundforge.transforms.grit import RowError, parse_grit_row
@@ -72,7 +79,7 @@ def _sha(data: bytes) -> str:
 # ---------------------------------------------------------------- --captions tables
 
 def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_column: str) -> tuple[str, dict]:
-    """One caption-table row -> ("item", item) or ("reject", row).
+    """One caption-table row -> an item or a `Rejected`.
 
     The image id is the row's `image_id` (or `key`/`id`) column, else the image path, else the first 16 hex
     digits of the image bytes' sha256. The pair key is (image path or bytes hash, caption): a row repeated
@@ -80,17 +87,17 @@ def caption_row_to_item(row: Any, *, source: str, caption_column: str, image_col
     a caption has no boxes that depend on them (metadata often gives the size before a resize).
     """
     if not isinstance(row, dict):
-        return "reject", reject(source, "read", "bad_row", f"row is a {type(row).__name__}, not an object")
+        return rejected(source, "bad_row", f"row is a {type(row).__name__}, not an object")
     caption = _caption(row.get(caption_column))
     data, path = image_field(row.get(image_column))
     if data is None and path is None:
-        return "reject", reject(source, "read", "missing_image", f"column {image_column!r} has no path or bytes")
+        return rejected(source, "missing_image", f"column {image_column!r} has no path or bytes")
     digest = None if data is None else _sha(data)
     image_ref = path if digest is None else "sha256:" + digest
     image_id = next((v for v in (id_str(row.get(c)) for c in ID_COLUMNS) if v), None)
     image_id = image_id or path or digest[:16]
     meta = {"url": _text(row.get("url"))} if row.get("url") else {}
-    return "item", make_item(source=source, key=f"{image_ref}\x1f{caption}", image_id=image_id, caption=caption,
+    return make_item(source=source, key=f"{image_ref}\x1f{caption}", image_id=image_id, caption=caption,
                              file_name=path if data is None else None, image_bytes=data, meta=meta)
 
 
@@ -99,7 +106,7 @@ def _table_items(path: str, columns: tuple, to_item, **kwargs) -> Iterator[tuple
     for index, row in enumerate(iter_table_rows(path, columns)):
         source = f"{path}#{index}"
         if isinstance(row, BadRow):
-            yield "reject", reject(source, "read", row.reason, row.detail)
+            yield rejected(source, row.reason, row.detail)
         else:
             yield to_item(row, source=source, **kwargs)
 
@@ -131,7 +138,7 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: lis
     """The members of one sample -> item, or one reject (`member_too_large`, `missing_image`)."""
     source = f"{path}#{key}"
     if too_large:
-        return "reject", reject(source, "read", "member_too_large", "; ".join(too_large))
+        return rejected(source, "member_too_large", "; ".join(too_large))
     info: dict = {}
     if "json" in files:
         try:
@@ -141,11 +148,11 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: lis
         info = info if isinstance(info, dict) else {}
     image = next((files[e] for e in IMAGE_EXTS if e in files), None)
     if image is None:
-        return "reject", reject(source, "read", "missing_image", f"no {'/'.join(IMAGE_EXTS)} member for {key}")
+        return rejected(source, "missing_image", f"no {'/'.join(IMAGE_EXTS)} member for {key}")
     caption = _caption(files["txt"]) if "txt" in files else _caption(info.get("caption"))
     image_id = id_str(info.get("key")) or posixpath.basename(key)
     meta = {"url": info["url"]} if isinstance(info.get("url"), str) else {}
-    return "item", make_item(source=source, key=f"wds:{key}\x1f{caption}", image_id=image_id, caption=caption,
+    return make_item(source=source, key=f"wds:{key}\x1f{caption}", image_id=image_id, caption=caption,
                              image_bytes=image, meta=meta)
 
 
@@ -174,7 +181,7 @@ def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
             if key is not None:
                 yield _sample_to_item(path, key, files, too_large)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield "reject", reject(path, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
+        yield rejected(path, "unreadable_file", f"{type(exc).__name__}: {exc}")
 
 
 def _cut_short(tar: tarfile.TarFile) -> bool:
@@ -231,19 +238,19 @@ def read_coco_captions(captions: dict, instances: dict | None, source: str) -> I
     if instances is not None:
         boxes, bad = coco_boxes(instances)
         for row in bad:
-            yield "annotation_reject", row
+            yield Rejected(row)
     for index, ann in enumerate(captions.get("annotations") or []):
         if not isinstance(ann, dict) or "caption" not in ann:
-            yield "reject", reject(f"{source}#{index}", "read", "missing_field", "caption annotation "
+            yield rejected(f"{source}#{index}", "missing_field", "caption annotation "
                                    "without a caption")
             continue
         entry = images.get(ann.get("image_id"))
         ident = ann["id"] if ann.get("id") is not None else f"#{index}"
         where = f"caption:{ident}"
         if entry is None:
-            yield "reject", reject(where, "read", "unknown_image", f"image_id={ann.get('image_id')}")
+            yield rejected(where, "unknown_image", f"image_id={ann.get('image_id')}")
             continue
-        yield "item", make_item(
+        yield make_item(
             source=f"{where}:{entry['file_name']}", key=f"coco:{ident}\x1f{ann.get('image_id')}",
             image_id=str(entry["id"]), caption=_caption(ann["caption"]), file_name=str(entry["file_name"]),
             width=positive_int(entry.get("width")), height=positive_int(entry.get("height")),
@@ -263,11 +270,11 @@ def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
     Image id: the `image_id` column (as groundforge's annotations/ write it), else `key`, else the image path.
     """
     if not isinstance(row, dict):
-        return "reject", reject(source, "read", "bad_row", f"row is a {type(row).__name__}, not an object")
+        return rejected(source, "bad_row", f"row is a {type(row).__name__}, not an object")
     try:
         parse_grit_row(row)
     except RowError as err:
-        return "reject", reject(source, "read", err.reason, err.detail)
+        return rejected(source, err.reason, err.detail)
     data, path = image_field(row.get("image"))
     path = path or _text(row.get("file_name")) or _text(row.get("image_path"))
     key = id_str(row.get("key"))
@@ -278,9 +285,9 @@ def grit20m_row_to_item(row: Any, *, source: str) -> tuple[str, dict]:
     image_id = (id_str(row.get("image_id")) or key or path or id_str(row.get("id"))
                 or (url and hashlib.sha256(url.encode()).hexdigest()[:16]))
     if data is None and not path:
-        return "reject", reject(source, "read", "missing_image", "no image bytes, file_name, image_path or key")
+        return rejected(source, "missing_image", "no image bytes, file_name, image_path or key")
     ref = key or path or url or ("sha256:" + _sha(data) if data else "")
-    return "item", make_item(
+    return make_item(
         source=source, key=f"grit20m:{ref}\x1f{row['caption']}", image_id=str(image_id), caption=row["caption"],
         file_name=None if data is not None else path, alt_file_names=alt, image_bytes=data,
         width=int(row["width"]), height=int(row["height"]),

@@ -1,23 +1,19 @@
 """COCO detection input (`instances_*.json` or a Roboflow `_annotations.coco.json` + image dir).
 
-The JSON file is read inside a DoFn (not in the driver), then fanned out to one element per image.
+Plain Python (no Beam): the counting builder reads the JSON file inside a DoFn (not in the driver) and fans it
+out to one element per image with `image_items`.
 """
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 
-import apache_beam as beam
-
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.common import positive_int
+from groundforge.pipeline.readers.common import positive_int, rejected
 from groundforge.transforms.counting import categories_from_coco
 from groundforge.transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
 from groundforge.transforms.paths import safe_join
 from groundforge.transforms.records import reject
-
-REJECTS = "rejects"
-STATS = "stats"
 
 
 def parse_coco(data: bytes, source: str):
@@ -35,7 +31,7 @@ def parse_coco(data: bytes, source: str):
 
 
 def image_items(coco: dict, source: str):
-    """Yield ("image", item) per image and ("reject", row) per unusable image/annotation entry.
+    """Yield an item per image and a `Rejected` per unusable image/annotation entry (readers/common.py).
 
     Nothing is dropped silently: a non-object annotation, an image entry without a usable id or size, a
     repeated image id and an annotation on an unknown image are each a read reject; categories that
@@ -45,29 +41,29 @@ def image_items(coco: dict, source: str):
         if isinstance(ann, dict):
             annotations.append(ann)
         else:
-            yield "reject", reject(f"{source}:annotation#{position}", "read", "bad_row", f"not an object: {ann!r}")
+            yield rejected(f"{source}:annotation#{position}", "bad_row", f"not an object: {ann!r}")
     try:
         cats = categories_from_coco(coco["categories"], annotations)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        yield "reject", reject(source, "read", "bad_categories", f"{type(exc).__name__}: {exc}")
+        yield rejected(source, "bad_categories", f"{type(exc).__name__}: {exc}")
         return
     images = {}
     for entry in coco["images"]:
         problem = _image_entry_problem(entry, images)
         if problem:
             label = entry.get("id") if isinstance(entry, dict) else repr(entry)[:80]
-            yield "reject", reject(f"{source}:image:{label}", "read", *problem)
+            yield rejected(f"{source}:image:{label}", *problem)
             continue
         images[entry["id"]] = entry
     by_image = defaultdict(list)
     for ann in annotations:
         image_id = ann.get("image_id")
         if not _is_id(image_id) or image_id not in images:
-            yield "reject", reject(f"annotation:{ann.get('id')}", "read", "unknown_image", f"image_id={image_id}")
+            yield rejected(f"annotation:{ann.get('id')}", "unknown_image", f"image_id={image_id}")
             continue
         by_image[image_id].append(ann)
     for image_id, entry in images.items():
-        yield "image", {"image": entry, "annotations": by_image.get(image_id, []),
+        yield {"image": entry, "annotations": by_image.get(image_id, []),
                         "classes": cats.classes, "category_names": cats.by_id, "source": source}
 
 
@@ -91,21 +87,6 @@ def _image_entry_problem(entry, seen: dict) -> tuple[str, str] | None:
     if positive_int(entry["width"]) is None or positive_int(entry["height"]) is None:
         return "bad_size", f"width and height must be positive integers, got {entry['width']!r}x{entry['height']!r}"
     return None
-
-
-class ExpandCoco(beam.DoFn):
-    """COCO file path -> one element per image; malformed files and entries go to rejects."""
-
-    def process(self, path: str):
-        coco, bad = parse_coco(fs.read_bytes(path), path)
-        if bad:
-            yield beam.pvalue.TaggedOutput(REJECTS, bad)
-            return
-        for kind, value in image_items(coco, path):
-            if kind == "image":
-                yield value
-            else:
-                yield beam.pvalue.TaggedOutput(REJECTS, value)
 
 
 def load_image(images_root: str, file_name: str, max_pixels: int = DEFAULT_MAX_PIXELS):

@@ -1,12 +1,30 @@
-"""What every reader shares: the error that stops a run, id and text helpers, holdout and exclude-id files.
+"""What every reader shares: the item protocol, the error that stops a run, id and text helpers, holdout and
+exclude-id files.
 
-Plain Python, no Beam transforms.
+The item protocol: a reader is plain Python (no Beam) that yields, per input, either an item (a dict) or a
+`Rejected` (one reject row). It never raises on one bad row; a whole-file problem raises `ReaderError`.
+Builders turn a reader's output into Beam outputs with `pipeline.emit.read_outputs`.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from groundforge.pipeline import fs
+from groundforge.transforms.records import reject
+
+
+class Rejected(NamedTuple):
+    """Yielded by a reader in place of an input it cannot use: `row` is a reject row (source, stage, reason,
+    detail); stage "read" for a bad input row, "annotation" for a bad annotation beside a usable input."""
+    row: dict
+
+    @property
+    def stage(self) -> str:
+        return self.row["stage"]
+
+
+def rejected(source: str, reason: str, detail: str, stage: str = "read") -> Rejected:
+    return Rejected(reject(source, stage, reason, detail))
 
 
 class ReaderError(ValueError):

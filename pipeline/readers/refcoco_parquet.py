@@ -39,7 +39,13 @@ from groundforge.pipeline.readers.refer import (
     required,
     sentence_texts,
 )
-from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, match_files, table_columns, table_kind
+from groundforge.pipeline.readers.tables import (
+    BadRow,
+    iter_table_rows,
+    match_files,
+    table_columns,
+    table_kind,
+)
 from groundforge.transforms.paths import PathError, safe_join
 
 LAYOUTS = ("lmms", "jxu124")

@@ -23,13 +23,17 @@ from typing import Any, Iterable, Iterator, NamedTuple
 from groundforge.pipeline import fs
 from groundforge.pipeline.readers.common import (  # noqa: F401  (re-exported: the refer layout's id helpers)
     ReaderError,
+    Rejected,
     canonical_image_id,
     holdout_text,
     id_str,
     parse_exclude_images,
     positive_int,
     read_exclude_images,
+    rejected,
     sort_image_ids,
+)
+from groundforge.pipeline.readers.common import (
     text_of as _text,
 )
 
@@ -65,12 +69,12 @@ def make_item(*, dataset: str, split: str, ref_id: str, ann_id: str | None, imag
     }
 
 
-def make_reject(source: str, reason: str, detail: str) -> dict:
-    return {"reject": True, "source": source, "stage": "read", "reason": reason, "detail": detail}
+def make_reject(source: str, reason: str, detail: str) -> Rejected:
+    return rejected(source, reason, detail)
 
 
-def is_reject(obj: dict) -> bool:
-    return bool(obj.get("reject"))
+def is_reject(obj) -> bool:
+    return isinstance(obj, Rejected)
 
 
 # ---------------------------------------------------------------- restricted unpickler

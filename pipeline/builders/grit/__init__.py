@@ -23,12 +23,15 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import click
-
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.builders.grit.balance import BalanceConcepts
 from groundforge.pipeline.builders.grit.ground import LoadImageFn, ground
-from groundforge.pipeline.builders.grit.outputs import FilterFn, GritRowFn, annotation_key
+from groundforge.pipeline.builders.grit.outputs import (
+    FilterFn,
+    GritRowFn,
+    annotation_key,
+)
 from groundforge.pipeline.builders.grit.plan import (
     ANNOTATIONS,
     CARD_NOTES,
@@ -47,13 +50,23 @@ from groundforge.pipeline.config import BuildConfig, check_split, option
 from groundforge.pipeline.emit import REJECTS, STATS
 from groundforge.pipeline.handlers.common import DEVICES, DTYPES
 from groundforge.pipeline.options import check_dir, parse_tasks
-from groundforge.pipeline.readers.captions import check_caption_columns, check_grit20m_columns
+from groundforge.pipeline.readers.captions import (
+    check_caption_columns,
+    check_grit20m_columns,
+)
 from groundforge.pipeline.readers.common import ReaderError, read_exclude_images
 from groundforge.pipeline.readers.tables import match_files
 from groundforge.pipeline.sample import SAMPLE_DIR
 from groundforge.pipeline.writer import Table
-from groundforge.transforms.grounding import MAX_AREA_FRAC, MIN_AREA_FRAC, MIN_SIDE_PX, NMS_IOU, SCORE_THRESHOLD
+from groundforge.transforms.grounding import (
+    MAX_AREA_FRAC,
+    MIN_AREA_FRAC,
+    MIN_SIDE_PX,
+    NMS_IOU,
+    SCORE_THRESHOLD,
+)
 from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
+
 
 def parse_abstract_nouns(value: str | None) -> frozenset:
     if value is None:

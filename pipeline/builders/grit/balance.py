@@ -4,7 +4,6 @@ from __future__ import annotations
 import heapq
 
 import apache_beam as beam
-
 from groundforge.pipeline.builders.grit.plan import Balance
 from groundforge.pipeline.emit import STATS, stat
 from groundforge.transforms.grit import concept_key, selection_rank

@@ -3,8 +3,11 @@ Florence-2 through RunInference)."""
 from __future__ import annotations
 
 import apache_beam as beam
-
-from groundforge.pipeline.builders.grit.plan import ASPECT_TOLERANCE, Grounding, Settings
+from groundforge.pipeline.builders.grit.plan import (
+    ASPECT_TOLERANCE,
+    Grounding,
+    Settings,
+)
 from groundforge.pipeline.emit import rejected, size_mismatch, stat
 from groundforge.pipeline.readers.coco import load_image
 from groundforge.transforms.images import ImageError, prepare_image
@@ -92,7 +95,6 @@ def ground(items, settings: Settings, grounding: Grounding):
     if settings.grounder == "annotations":
         return items | "GroundAnnotations" >> beam.Map(_ground_annotations), None
     from apache_beam.ml.inference.base import RunInference
-
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
     threshold = settings.filters.get("score_threshold")

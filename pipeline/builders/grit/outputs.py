@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-
 from groundforge.pipeline.builders.grit.plan import ANNOTATIONS, NAME, Settings
 from groundforge.pipeline.emit import rejected, render_or_reject, stat
 from groundforge.pipeline.writer import grouped_outputs

@@ -7,11 +7,15 @@ import json
 
 import apache_beam as beam
 import pyarrow as pa
-
 from groundforge.pipeline import fs
 from groundforge.pipeline.builders.grit.plan import Source
-from groundforge.pipeline.emit import REJECTS, reject, stat
-from groundforge.pipeline.readers.captions import read_caption_table, read_coco_captions, read_grit20m, read_webdataset
+from groundforge.pipeline.emit import read_outputs, reject, stat
+from groundforge.pipeline.readers.captions import (
+    read_caption_table,
+    read_coco_captions,
+    read_grit20m,
+    read_webdataset,
+)
 from groundforge.pipeline.readers.common import canonical_image_id
 from groundforge.transforms.codecs import find_special_tokens
 
@@ -24,10 +28,7 @@ class ReadCaptionsFn(beam.DoFn):
 
     def process(self, element):
         try:
-            for kind, value in self._rows(element):
-                if kind != "annotation_reject":  # a bad box of the instances file is not a caption
-                    yield stat("captions_read")
-                yield value if kind == "item" else beam.pvalue.TaggedOutput(REJECTS, value)
+            yield from read_outputs(self._rows(element), "captions_read")
         except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:  # ValueError: UnicodeDecodeError too
             where = element[0] if isinstance(element, tuple) else element
             yield reject(where, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")

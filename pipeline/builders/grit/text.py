@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-
 from groundforge.pipeline.builders.grit.plan import Text
 from groundforge.pipeline.emit import STATS, stat
 
@@ -23,7 +22,6 @@ def text_stage(items, text: Text):
     """spaCy noun chunks and expressions through RunInference -> (items with them, rejects, stats). Every
     chunk's expression is kept here: contained ones are dropped after grounding (FilterFn)."""
     from apache_beam.ml.inference.base import RunInference
-
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
     from groundforge.pipeline.handlers.spacy import SpacyHandler
 
