@@ -404,19 +404,23 @@ def public_path(value: str) -> str:
 
 
 def display_command(command: str) -> str:
-    """The build command with every local absolute path (also in --opt=PATH) cut to its basename."""
+    """The build command as typed, with every local absolute path (also in --opt=PATH, quoted or not, POSIX or
+    Windows) cut to its basename. Tokens keep their quotes (shlex in non-POSIX mode keeps backslashes)."""
     try:
-        tokens = shlex.split(command)
+        tokens = shlex.split(command, posix=False)
     except ValueError:
         tokens = command.split()
-    out = []
-    for tok in tokens:
-        if tok.startswith("-") and "=" in tok:
-            opt, value = tok.split("=", 1)
-            out.append(f"{opt}={public_path(value)}")
-        else:
-            out.append(public_path(tok))
-    return shlex.join(out)
+    return " ".join(_public_token(tok) for tok in tokens)
+
+
+def _public_token(tok: str) -> str:
+    quote = tok[0] if len(tok) >= 2 and tok[0] == tok[-1] and tok[0] in "'\"" else ""
+    value = tok[1:-1] if quote else tok
+    prefix = ""
+    if value.startswith("-") and "=" in value:
+        prefix, value = value.split("=", 1)
+        prefix += "="
+    return quote + prefix + public_path(value) + quote
 
 
 COLUMNS = {
