@@ -206,9 +206,10 @@ def refcoco_card(dataset: str = "refcoco") -> CardInfo:
         decontamination=("`holdout_image_ids.txt` (next to this card) lists every image of a non-train split "
                          f"(val, testA, testB, test) of this {name} build. Pass it to `--exclude-images` when "
                          "building other training sets on COCO images (counting, grit), so no evaluation image is "
-                         "trained on. Splits themselves follow the source: a `train` image never appears in "
-                         "val/test of the same dataset, but RefCOCO, RefCOCO+ and RefCOCOg splits differ from "
-                         "each other."),
+                         "trained on. Splits follow the source: the unc (RefCOCO, RefCOCO+) and umd (RefCOCOg) "
+                         "splits are by image, the google splits are not (their train and val share images), and "
+                         "the three datasets split COCO differently, so combine them only through the holdout "
+                         "files."),
         tags=("grounding", "referring-expressions", "groundforge"))
 
 
