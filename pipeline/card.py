@@ -229,26 +229,26 @@ def grit_card(input_kind: str = "coco") -> CardInfo:
                    "normalised to 0..1.")
     cites = [BIBTEX["kosmos2"]]
     if input_kind == "coco":
-        kw = dict(license="other", license_name="coco-terms-of-use", license_link=COCO_TERMS,
-                  annotation_license=("Captions and boxes: " + COCO_ANNOTATIONS + " Noun chunks and expressions are "
-                                      "derived by this pipeline (spaCy)."),
-                  image_license=COCO_IMAGES, source_datasets=("extended|coco",))
+        kw = {"license_name": "coco-terms-of-use", "license_link": COCO_TERMS,
+              "annotation_license": ("Captions and boxes: " + COCO_ANNOTATIONS
+                                     + " Noun chunks and expressions are derived by this pipeline (spaCy)."),
+              "image_license": COCO_IMAGES, "source_datasets": ("extended|coco",)}
         cites.append(BIBTEX["coco"])
     elif input_kind == "grit20m":
-        kw = dict(license="other", license_name="ms-pl-and-source-images", license_link=GRIT_URL,
-                  annotation_license=("Captions, spans and boxes from GRIT-20M: Microsoft Public License (MS-PL), as "
-                                      f"declared on {GRIT_URL}."),
-                  image_license=("Images come from the web (COYO-700M / LAION-2B URLs): GRIT-20M does not license "
-                                 "them; each keeps the rights of its owner."),
-                  source_datasets=("extended|zzliang/GRIT",))
+        kw = {"license_name": "ms-pl-and-source-images", "license_link": GRIT_URL,
+              "annotation_license": ("Captions, spans and boxes from GRIT-20M: Microsoft Public License (MS-PL), "
+                                     f"as declared on {GRIT_URL}."),
+              "image_license": ("Images come from the web (COYO-700M / LAION-2B URLs): GRIT-20M does not license "
+                                "them; each keeps the rights of its owner."),
+              "source_datasets": ("extended|zzliang/GRIT",)}
     else:
-        kw = dict(license="other", license_name="source-licenses", license_link=None,
-                  annotation_license=("Captions keep the license of the input caption data; spans and boxes are "
-                                      "derived by this pipeline (spaCy and the grounding model). Fill in the source "
-                                      "license before publishing."),
-                  image_license="Images keep the license of their source; fill it in before publishing.",
-                  source_datasets=())
-    return CardInfo(pretty_name="groundforge GRIT-style grounded captions", description=description,
+        kw = {"license_name": "source-licenses", "license_link": None,
+              "annotation_license": ("Captions keep the license of the input caption data; spans and boxes are "
+                                     "derived by this pipeline (spaCy and the grounding model). Fill in the source "
+                                     "license before publishing."),
+              "image_license": "Images keep the license of their source; fill it in before publishing.",
+              "source_datasets": ()}
+    return CardInfo(pretty_name="groundforge GRIT-style grounded captions", description=description, license="other",
                     task_categories=("image-text-to-text", "image-to-text", "object-detection"),
                     citations=tuple(cites), decontamination=EXCLUDE_HINT if input_kind == "coco" else "",
                     tags=("grounding", "grounded-captions", "groundforge"), **kw)
@@ -392,7 +392,7 @@ _WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def _is_abs(value: str) -> bool:
-    return value.startswith(("/", "~", "\\")) or bool(_WINDOWS_ABS.match(value)) or value.startswith("file://")
+    return value.startswith(("/", "~", "\\", "file://")) or bool(_WINDOWS_ABS.match(value))
 
 
 def _basename(value: str) -> str:
@@ -458,98 +458,125 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _body(info: dict, card: CardInfo, command: str | None) -> str:
-    fmt = output_format(info)
-    model = MODEL_NAMES.get(fmt or "", fmt or "unknown")
-    data = _data_splits(info)
-    tables = {name: _table_splits(t) for name, t in sorted((info.get("tables") or {}).items())}
-    tables = {name: splits for name, splits in tables.items() if splits}
-    stats = info.get("stats") or {}
-    args = info.get("args") or {}
-    out = [f"# {card.pretty_name}", "",
-           card.description, "",
-           f"Built by groundforge's `{info.get('builder')}` builder (version {info.get('builder_version')}) as "
-           f"dataset `{info.get('dataset')}`: {info.get('rows', 0)} records. One row is one training sample.", ""]
+def _intro(info: dict, card: CardInfo) -> list[str]:
+    return [f"# {card.pretty_name}", "", card.description, "",
+            (f"Built by groundforge's `{info.get('builder')}` builder (version {info.get('builder_version')}) as "
+             f"dataset `{info.get('dataset')}`: {info.get('rows', 0)} records. One row is one training sample."), ""]
 
-    out += ["## Prompt format", "",
-            f"`prompt` and `target` are written for **{model}** (`--format {fmt}`). They are a rendering of the "
-            "canonical boxes in `objects` (pixel x1, y1, x2, y2), so the same images and boxes can be re-rendered "
-            "for another model without rebuilding:", "",
+
+def _format_section(fmt: str | None) -> list[str]:
+    model = MODEL_NAMES.get(fmt or "", fmt or "unknown")
+    return ["## Prompt format", "",
+            (f"`prompt` and `target` are written for **{model}** (`--format {fmt}`). They are a rendering of the "
+             "canonical boxes in `objects` (pixel x1, y1, x2, y2), so the same images and boxes can be re-rendered "
+             "for another model without rebuilding:"), "",
             "```bash", "groundforge render --in OUT --out OUT2 --format paligemma", "```", "",
             "Formats: " + ", ".join(f"`{k}` ({v})" for k, v in MODEL_NAMES.items()) + ".", ""]
 
-    out += ["## Loading", ""]
-    if data:
-        out += ["```python", "from datasets import load_dataset", "",
-                'ds = load_dataset("OUT")  # this directory, or its Hub repo id once uploaded',
-                "# splits: " + ", ".join(data)]
-        out += [f'{name} = load_dataset("OUT", "{name}")' for name in tables]
-        out += ["```", "",
-                "Load the directory itself: its `configs` above map each split to `data/{split}-*`. "
-                "`data_dir=\"OUT/data\"` would bypass them and rename or drop splits.", ""]
-    else:
-        out += ["This build wrote no records, so there is nothing to load: `load_dataset(\"OUT\")` fails with "
-                "\"no data files found\". The reasons are in `rejects/` (see below).", ""]
 
-    out += ["## Build command", ""]
+def _loading_section(data: dict, tables: dict) -> list[str]:
+    if not data:
+        return ["## Loading", "",
+                ("This build wrote no records, so there is nothing to load: `load_dataset(\"OUT\")` fails with "
+                 "\"no data files found\". The reasons are in `rejects/` (see below)."), ""]
+    return (["## Loading", "", "```python", "from datasets import load_dataset", "",
+             'ds = load_dataset("OUT")  # this directory, or its Hub repo id once uploaded',
+             "# splits: " + ", ".join(data)]
+            + [f'{name} = load_dataset("OUT", "{name}")' for name in tables]
+            + ["```", "",
+               ("Load the directory itself: the `configs` above map each split to `data/{split}-*`. "
+                "`data_dir=\"OUT/data\"` would bypass them and rename or drop splits."), ""])
+
+
+def _public_arg(value):
+    if isinstance(value, str):
+        return _public_token(value)
+    if isinstance(value, list):
+        return [_public_arg(v) for v in value]
+    return value
+
+
+def _command_section(info: dict, command: str | None) -> list[str]:
+    out = ["## Build command", ""]
     if command:
         out += ["```bash", display_command(command), "```", ""]
     else:
-        out += ["Not recorded. Arguments:", "", "```json",
-                json.dumps({k: public_path(v) if isinstance(v, str) else v for k, v in sorted(args.items())},
-                           indent=1, sort_keys=True, ensure_ascii=False), "```", ""]
+        args = {k: _public_arg(v) for k, v in sorted((info.get("args") or {}).items())}
+        out += ["Not recorded. Arguments:", "", "```json", json.dumps(args, indent=1, ensure_ascii=False), "```", ""]
     versions = info.get("versions") or {}
     if versions:
         out += ["Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".", ""]
+    return out
 
-    out += ["## Records", "", "| column | meaning |", "| --- | --- |"]
-    out += [f"| `{c}` | {_cell(m)} |" for c, m in column_docs()]
-    out += [""]
 
-    out += ["## Counts", "", "| split | rows | tasks |", "| --- | --- | --- |"]
+def _records_section() -> list[str]:
+    return (["## Records", "", "| column | meaning |", "| --- | --- |"]
+            + [f"| `{c}` | {_cell(m)} |" for c, m in column_docs()] + [""])
+
+
+def _counts_section(data: dict, tables: dict, stats: dict) -> list[str]:
+    out = ["## Counts", "", "| split | rows | tasks |", "| --- | --- | --- |"]
     out += [f"| {s} | {e['rows']} | " + _cell(", ".join(f"{t}: {n}" for t, n in sorted(e["tasks"].items()))) + " |"
             for s, e in data.items()] or ["| (none) | 0 | |"]
     out += [""]
     for name, splits in tables.items():
-        out += [f"`{name}` config ({name}/): " + ", ".join(f"{s} {e['rows']} rows" for s, e in splits.items()) + ".",
-                ""]
+        rows = ", ".join(f"{s} {e['rows']} rows" for s, e in splits.items())
+        out += [f"`{name}` config ({name}/): {rows}.", ""]
     if stats:
-        out += ["Pipeline counters: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(stats.items()))
-                + ".", ""]
+        counters = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(stats.items()))
+        out += [f"Pipeline counters: {counters}.", ""]
+    return out
 
-    rejects = info.get("rejects") or {}
-    out += ["## Rejects", "",
-            f"{rejects.get('rows', 0)} inputs were rejected; each is a row of `rejects/` (source, stage, reason, "
-            "detail). Read them with `load_dataset(\"parquet\", data_files=\"OUT/rejects/*.parquet\")`.", "",
-            "| stage/reason | rows |", "| --- | --- |"]
-    out += [f"| {_cell(r)} | {n} |" for r, n in sorted((rejects.get("by_reason") or {}).items())] or ["| (none) | 0 |"]
-    out += [""]
 
-    out += ["## Licenses", "",
-            f"- Dataset license: `{card.license}`"
-            + (f" ({card.license_name}" + (f", {card.license_link}" if card.license_link else "") + ")"
-               if card.license == "other" else ""),
+def _rejects_section(rejects: dict) -> list[str]:
+    reasons = sorted((rejects.get("by_reason") or {}).items())
+    return (["## Rejects", "",
+             (f"{rejects.get('rows', 0)} inputs were rejected; each is a row of `rejects/` (source, stage, reason, "
+              "detail). Read them with `load_dataset(\"parquet\", data_files=\"OUT/rejects/*.parquet\")`."), "",
+             "| stage/reason | rows |", "| --- | --- |"]
+            + ([f"| {_cell(r)} | {n} |" for r, n in reasons] or ["| (none) | 0 |"]) + [""])
+
+
+def _license_section(card: CardInfo) -> list[str]:
+    license = f"`{card.license}`"
+    if card.license == "other":
+        license += f" ({card.license_name}" + (f", {card.license_link}" if card.license_link else "") + ")"
+    return ["## Licenses", "",
+            f"- Dataset license: {license}",
             f"- Annotations: {card.annotation_license or 'see the source dataset.'}",
             f"- Images: {card.image_license or 'see the source dataset.'}",
-            f"- Prompts and targets are generated by groundforge from the annotations above.", ""]
+            "- Prompts and targets are generated by groundforge from the annotations above.", ""]
 
-    out += ["## Decontamination", ""]
-    exclude = args.get("exclude_images")
-    excluded = stats.get("excluded_holdout_images", 0)
+
+def _decontamination_section(info: dict, card: CardInfo) -> list[str]:
+    exclude = (info.get("args") or {}).get("exclude_images")
+    excluded = (info.get("stats") or {}).get("excluded_holdout_images", 0)
+    out = ["## Decontamination", ""]
     if exclude or excluded:
-        out += [f"Built with `--exclude-images {public_path(exclude) if exclude else '...'}`: {excluded} images "
-                "listed there were dropped before any record was made.", ""]
+        out += [(f"Built with `--exclude-images {public_path(exclude) if exclude else '...'}`: {excluded} images "
+                 "listed there were dropped before any record was made."), ""]
     else:
         out += ["Built without `--exclude-images`.", ""]
-    if card.decontamination:
-        out += [card.decontamination, ""]
+    return out + ([card.decontamination, ""] if card.decontamination else [])
 
+
+def _citations_section(card: CardInfo, fmt: str | None) -> list[str]:
     cites = list(card.citations)
     if fmt in BIBTEX and BIBTEX[fmt] not in cites:
         cites.append(BIBTEX[fmt])
-    if cites:
-        out += ["## Citations", "", "```bibtex", "\n\n".join(cites), "```", ""]
-    return "\n".join(out)
+    return ["## Citations", "", "```bibtex", "\n\n".join(cites), "```", ""] if cites else []
+
+
+def _body(info: dict, card: CardInfo, command: str | None) -> str:
+    fmt = output_format(info)
+    data = _data_splits(info)
+    tables = {name: _table_splits(t) for name, t in sorted((info.get("tables") or {}).items())}
+    tables = {name: splits for name, splits in tables.items() if splits}
+    return "\n".join(_intro(info, card) + _format_section(fmt) + _loading_section(data, tables)
+                     + _command_section(info, command) + _records_section()
+                     + _counts_section(data, tables, info.get("stats") or {})
+                     + _rejects_section(info.get("rejects") or {}) + _license_section(card)
+                     + _decontamination_section(info, card) + _citations_section(card, fmt))
 
 
 def dataset_card(info: dict, card: CardInfo, *, command: str | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from groundforge.pipeline import card as cardmod
 from groundforge.pipeline.card import (
     COUNTING,
@@ -99,7 +98,8 @@ def test_extra_table_is_its_own_config_with_its_own_counts(tmp_path):
 def test_empty_table_gets_no_config(tmp_path):
     from datasets.utils.metadata import MetadataConfigs
 
-    info = _info({"train": {"rec": 1}}, builder="grit", dataset="grit", tables={"annotations": {"rows": 0, "files": []}})
+    empty = {"annotations": {"rows": 0, "files": []}}
+    info = _info({"train": {"rec": 1}}, builder="grit", dataset="grit", tables=empty)
     configs = MetadataConfigs.from_dataset_card_data(_parsed(dataset_card(info, GRIT), tmp_path).data)
     assert list(configs) == ["default"]
 
@@ -182,9 +182,11 @@ def test_command_shows_no_local_absolute_path():
 
 
 def test_args_shown_without_local_paths_when_no_command():
-    text = dataset_card(REFCOCO_INFO, REFCOCO["refcoco"])
+    info = json.loads(json.dumps(REFCOCO_INFO))
+    info["args"]["beam_args"] = ["--temp_location=/home/someone/tmp", "--runner", "DirectRunner"]
+    text = dataset_card(info, REFCOCO["refcoco"])
     assert "/home/someone" not in text
-    assert '"images": "train2014"' in text
+    assert '"images": "train2014"' in text and '"--temp_location=tmp"' in text
 
 
 def test_exclude_images_is_reported():

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import build_cli, info_of, write_coco
-
 from groundforge.pipeline.card import COUNTING, GRIT, REFCOCO, dataset_card
+from helpers import build_cli, info_of, write_coco
 
 
 def _recard(out, card, command: str) -> dict:
