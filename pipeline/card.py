@@ -424,6 +424,27 @@ def _public_token(tok: str) -> str:
     return quote + prefix + public_path(value) + quote
 
 
+def command_line(ctx) -> str:
+    """The command a click context ran, as `groundforge build <builder> --opt value ...`: the options given on the
+    command line (not defaults) in declaration order, then the extra (Beam) arguments. Values are as typed, so
+    relative paths stay relative; `display_command` cuts absolute ones when the card shows it."""
+    from click import Option
+    from click.core import ParameterSource
+
+    parts = ["groundforge", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        if not isinstance(param, Option) or ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        opt = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(opt if value or not param.secondary_opts else max(param.secondary_opts, key=len))
+        else:
+            for v in value if param.multiple else (value,):
+                parts += [opt, str(v)]
+    return shlex.join(parts + [str(a) for a in ctx.args])
+
+
 COLUMNS = {
     "id": "stable key: hash of dataset, source ids, task and variant; unique within the dataset",
     "dataset": "source dataset name (refcoco, refcoco+, refcocog, grit, counting, ...)",
@@ -588,4 +609,8 @@ def dataset_card(info: dict, card: CardInfo, *, command: str | None = None) -> s
     data = card_data(info, card)
     text = _body(info, card, command)
     # DatasetCard parses the YAML back: a card whose metadata does not round-trip fails here, not on the Hub.
-    return str(DatasetCard(f"---\n{data.to_yaml(original_order=list(YAML_ORDER))}\n---\n\n{text}"))
+    try:
+        yaml = data.to_yaml(original_order=list(YAML_ORDER))
+    except TypeError:  # huggingface_hub before `original_order`: the keys keep DatasetCardData's own order
+        yaml = data.to_yaml()
+    return str(DatasetCard(f"---\n{yaml}\n---\n\n{text}"))

@@ -243,3 +243,29 @@ def test_card_for_builders():
     assert card_for({"builder": "render(grit)", "args": {"input_kind": "grit20m"}}) == grit_card("grit20m")
     assert card_for({"builder": "grit", "args": {}}).license_name == "source-licenses"
     assert card_for({"builder": "other", "dataset": "docvqa"}).pretty_name == "groundforge docvqa"
+
+
+def _parsed_context(builder: str, args: list[str]):
+    """The click context `groundforge build <builder> ARGS` would run with, parsed without running it."""
+    import click
+    from groundforge.pipeline.cli import main
+
+    build = main.commands["build"]
+    root = click.Context(main, info_name="groundforge")
+    return build.commands[builder].make_context(builder, args, parent=click.Context(build, info_name="build",
+                                                                                    parent=root))
+
+
+def test_command_line_from_the_real_cli():
+    from groundforge.pipeline.card import command_line
+
+    ctx = _parsed_context("refcoco", ["--dataset", "refcocog", "--out", "out/g", "--format", "kosmos2",
+                                      "--exclude-images", __file__, "--tasks", "rec",
+                                      "--runner", "DirectRunner", "--direct_running_mode=in_memory"])
+    line = command_line(ctx)
+    assert line == (f"groundforge build refcoco --dataset refcocog --tasks rec --out out/g --format kosmos2 "
+                    f"--exclude-images {__file__} --runner DirectRunner --direct_running_mode=in_memory")
+    assert display_command(line).endswith("--exclude-images test_card.py --runner DirectRunner "
+                                          "--direct_running_mode=in_memory")
+    grit = command_line(_parsed_context("grit", ["--out", "o", "--balance-concepts", "--nms-iou", "0.4"]))
+    assert grit == "groundforge build grit --nms-iou 0.4 --balance-concepts --out o"
