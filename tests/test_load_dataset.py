@@ -51,6 +51,12 @@ def test_refcoco_sample_loads_every_split_by_name(tmp_path):
     _check_yaml(out, ["default"])
     _check_loaded(_load(out, tmp_path), info)
     assert "holdout_image_ids.txt" in (out / "README.md").read_text()
+    # Why the card says load_dataset(OUT), not DESIGN's load_dataset("parquet", data_dir=OUT/data): without the
+    # card's configs, datasets infers splits from file names, renames val and silently drops testA/testB.
+    import datasets
+
+    inferred = datasets.load_dataset("parquet", data_dir=str(out / "data"), cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(inferred) == ["train", "validation"]
 
 
 def test_split_counts_in_the_card_are_checked_by_datasets(tmp_path):
