@@ -30,8 +30,6 @@ class Builder:
     name: str = ""
     config: type = None
     help: str = ""                 # the command's help text
-    license: str = "other"         # dataset card license
-    card_notes: str = ""           # dataset card paragraph
 
     def prepare(self, config) -> Any:
         """Check the configuration (files exist, layouts detected, models loadable) before any output is
@@ -39,6 +37,10 @@ class Builder:
         return None
 
     def expand(self, p, config, plan) -> Outputs:
+        raise NotImplementedError
+
+    def card(self, config, plan):
+        """The dataset card's facts (pipeline.card.CardInfo): licenses, sources, citations."""
         raise NotImplementedError
 
     def dataset(self, config, plan) -> str:

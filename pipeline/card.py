@@ -427,7 +427,8 @@ def _public_token(tok: str) -> str:
 def command_line(ctx) -> str:
     """The command a click context ran, as `groundforge build <builder> --opt value ...`: the options given on the
     command line (not defaults) in declaration order, then the extra (Beam) arguments. Values are as typed, so
-    relative paths stay relative; `display_command` cuts absolute ones when the card shows it."""
+    relative paths stay relative; `display_command` cuts absolute ones when the card shows it. The output folder is
+    written `OUT`: the card lives in it, and two builds that differ only in where they write stay identical."""
     from click import Option
     from click.core import ParameterSource
 
@@ -439,6 +440,8 @@ def command_line(ctx) -> str:
         opt = max(param.opts, key=len)
         if param.is_flag:
             parts.append(opt if value or not param.secondary_opts else max(param.secondary_opts, key=len))
+        elif param.name == "out":
+            parts += [opt, "OUT"]
         else:
             for v in value if param.multiple else (value,):
                 parts += [opt, str(v)]

@@ -39,7 +39,7 @@ def check_split(value: str | None) -> str | None:
 @dataclass(frozen=True, kw_only=True)
 class WriteConfig:
     """Options of every command that writes a groundforge output: where, which format, how sharded."""
-    out: str = option(help="Output directory (local or gs://...).", type=click.Path(file_okay=False))
+    out: str = option(help="Output directory (local or gs://...).", type=click.Path(file_okay=False), record=False)
     format: str = option("florence2", "Target model format of prompt/target.", type=click.Choice(FORMATS))
     num_shards: int | None = option(None, "Shards per split (default: from --shard-size-mb).",
                                     type=click.IntRange(1), show_default=False)

@@ -1,7 +1,9 @@
 """`groundforge render`: re-render existing shards for another model format from `objects`.
 
 Images, boxes and keys are kept; only format/prompt/target and the template id in meta change, so no
-detector or image decode runs again. It runs through the same skeleton as the builders (pipeline/run.py).
+detector or image decode runs again. It runs through the same skeleton as the builders (pipeline/run.py). What
+does not depend on the format is carried over as it is: the dataset card's facts (licenses, citations), extra
+tables such as grit's annotations/, and holdout_image_ids.txt.
 """
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from dataclasses import MISSING, dataclass
 
 import apache_beam as beam
 import click
+from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.config import FORMATS, WriteConfig, click_params, option
 from groundforge.pipeline.emit import REJECTS, STATS, render_or_reject, stat
 from groundforge.pipeline.shards import iter_rows, load_info, shard_paths
-from groundforge.pipeline.writer import grouped_outputs
+from groundforge.pipeline.writer import HOLDOUT_FILE, Table, grouped_outputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,11 +46,28 @@ class Renderer(Builder):
     help = "Re-render the shards of --in for --format into --out, without touching images or boxes."
 
     def prepare(self, config: RenderConfig) -> dict:
+        import pyarrow.parquet as pq
+
         try:
             info = load_info(config.src)
         except FileNotFoundError as err:
             raise click.BadParameter(str(err), param_hint="--in") from None
-        return {"info": info, "paths": shard_paths(config.src, info)}
+        tables = {}
+        for name, table in sorted((info.get("tables") or {}).items()):
+            files = [fs.join(config.src, *f["file"].split("/")) for f in table["files"]]
+            if files:
+                with fs.open_read(files[0]) as f:
+                    schema = pq.read_schema(f)
+                split = table["files"][0]["file"].split("/", 1)[1].split("-", 1)[0]
+                tables[name] = (schema, split, files)
+        holdout = fs.join(config.src, HOLDOUT_FILE)
+        return {"info": info, "paths": shard_paths(config.src, info), "tables": tables,
+                "holdout": fs.read_bytes(holdout) if fs.exists(holdout) else None}
+
+    def card(self, config, plan):
+        from groundforge.pipeline.card import card_info_from
+
+        return card_info_from(config.src)
 
     def builder_label(self, config, plan) -> str:
         return f"render({plan['info']['builder']})"
@@ -59,7 +79,23 @@ class Renderer(Builder):
         done = (p | "Shards" >> beam.Create(plan["paths"]) | "Spread" >> beam.Reshuffle()
                 | "Render" >> beam.ParDo(RenderFn(config.format, config.seed)).with_outputs(
                     REJECTS, STATS, main="groups"))
-        return Outputs(done.groups, [done[REJECTS]], [done[STATS]])
+        tables = {}
+        for name, (schema, split, files) in plan["tables"].items():
+            rows = (p | f"Table_{name}_Files" >> beam.Create(files)
+                    | f"Table_{name}_Rows" >> beam.FlatMap(iter_rows))
+            tables[name] = (rows, Table(schema, _row_id, split))
+        if plan["holdout"] is not None:
+            _ = (p | "Holdout" >> beam.Create([plan["holdout"]])
+                 | "WriteHoldout" >> beam.Map(_write, fs.join(config.out, HOLDOUT_FILE)))
+        return Outputs(done.groups, [done[REJECTS]], [done[STATS]], tables)
+
+
+def _row_id(row: dict) -> str:
+    return row["id"]
+
+
+def _write(data: bytes, path: str) -> None:
+    fs.write_bytes(path, data)
 
 
 RENDERER = Renderer()

@@ -15,12 +15,14 @@ from groundforge.pipeline.options import pipeline_options
 from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
 
 
-def run(builder, config, beam_args=(), plan=None) -> dict | None:
-    """Build `config.out` with `builder`; returns dataset_info (None when a remote runner did not wait)."""
-    if plan is None:
-        plan = builder.prepare(config)
+def run(builder, config, beam_args=(), command: str | None = None) -> dict | None:
+    """Build `config.out` with `builder`; returns dataset_info (None when a remote runner did not wait).
+    `command`: the command line as typed, for the dataset card (local absolute paths are cut there)."""
+    plan = builder.prepare(config)
     options = pipeline_options(beam_args)
     args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}
+    if command:
+        args["command"] = command
     start_output(config.out)
     with beam.Pipeline(options=options) as p:
         outs = builder.expand(p, config, plan)
@@ -30,8 +32,8 @@ def run(builder, config, beam_args=(), plan=None) -> dict | None:
                   **{name: pcoll for name, (pcoll, _) in outs.tables.items()}}
         _ = pcolls | WriteDataset(
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
-            args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb, license=builder.license,
-            card_notes=builder.card_notes, tables={name: table for name, (_, table) in outs.tables.items()})
+            args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
+            card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
     return read_info(config.out)
 
 
@@ -52,7 +54,9 @@ def run_command(builder, config, beam_args) -> dict | None:
 
     import click
 
-    info = run(builder, config, beam_args)
+    from groundforge.pipeline.card import command_line, display_command
+
+    info = run(builder, config, beam_args, command=display_command(command_line(click.get_current_context())))
     if info is None:
         click.echo(f"submitted; {fs.join(config.out, INFO_FILE)} will appear when the job finishes")
         return None

@@ -24,6 +24,7 @@ from groundforge.schemas import record_arrow_schema, reject_arrow_schema
 from groundforge.transforms.records import BUILDER_VERSION, bucket, reject
 
 INFO_FILE = "dataset_info.json"
+HOLDOUT_FILE = "holdout_image_ids.txt"  # refcoco: image ids of every val/test split, for --exclude-images
 MAX_ROWS_PER_GROUP = 1000
 REJECTS_PER_SHARD = 200_000
 
@@ -216,8 +217,8 @@ class WriteDataset(beam.PTransform):
     """
 
     def __init__(self, out_dir: str, *, builder: str, dataset: str, args: dict, num_shards: int | None = None,
-                 shard_size_mb: float = 256, row_group_mb: float = 32, license: str = "other",
-                 card_notes: str = "", tables: dict[str, Table] | None = None):
+                 shard_size_mb: float = 256, row_group_mb: float = 32, card=None,
+                 tables: dict[str, Table] | None = None):
         super().__init__()
         self.out_dir = out_dir
         self.builder = builder
@@ -226,8 +227,7 @@ class WriteDataset(beam.PTransform):
         self.num_shards = num_shards
         self.target_bytes = int(shard_size_mb * 1024 * 1024)
         self.row_group_bytes = int(row_group_mb * 1024 * 1024)
-        self.license = license
-        self.card_notes = card_notes
+        self.card = card  # pipeline.card.CardInfo (None: the builder's defaults, from card_for)
         self.tables = dict(sorted((tables or {}).items()))
 
     def expand(self, pcolls):
@@ -281,7 +281,12 @@ class WriteDataset(beam.PTransform):
                 info["tables"][name] = {"rows": sum(s["rows"] for s in files),
                                         "files": [{k: s[k] for k in ("file", "rows", "sha256", "bytes")}
                                                   for s in files]}
-        fs.write_bytes(fs.join(self.out_dir, "README.md"), dataset_card(info, self.license, self.card_notes).encode())
+        from groundforge.pipeline.card import card_for, card_to_json, dataset_card
+
+        card = self.card or card_for(info)
+        info["card"] = card_to_json(card)
+        fs.write_bytes(fs.join(self.out_dir, "README.md"),
+                       dataset_card(info, card, command=self.args.get("command")).encode())
         fs.write_bytes(fs.join(self.out_dir, INFO_FILE), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
         return info
 
@@ -334,54 +339,3 @@ def start_output(out_dir: str) -> None:
     info = fs.join(out_dir, INFO_FILE)
     if fs.exists(info):
         fs.delete([info])
-
-
-def dataset_card(info: dict, license: str, notes: str = "") -> str:
-    splits = sorted(info["splits"])
-    configs = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in splits)
-    for name, table in sorted((info.get("tables") or {}).items()):
-        table_splits = sorted({f["file"].split("/", 1)[1].split("-", 1)[0] for f in table["files"]})
-        if not table_splits:
-            continue
-        configs += f"\n- config_name: {name}\n  data_files:\n" + "\n".join(
-            f"  - split: {s}\n    path: {name}/{s}-*" for s in table_splits)
-    rows = "\n".join(f"| {s} | {info['splits'][s]['rows']} | "
-                     + ", ".join(f"{t}: {n}" for t, n in sorted(info['splits'][s]['tasks'].items())) + " |"
-                     for s in splits)
-    reasons = "\n".join(f"| {r} | {n} |" for r, n in info["rejects"]["by_reason"].items()) or "| (none) | 0 |"
-    return f"""---
-license: {license}
-task_categories:
-- image-text-to-text
-- object-detection
-tags:
-- grounding
-- groundforge
-configs:
-- config_name: default
-  data_files:
-{configs}
----
-
-# {info['dataset']} (groundforge {info['builder']} builder {info['builder_version']})
-
-Built by groundforge. One row = one training sample: `prompt`/`target` are a rendering of the canonical
-pixel xyxy boxes in `objects` for one model format; `groundforge render` re-renders them for another.
-
-```python
-from datasets import load_dataset
-ds = load_dataset("parquet", data_dir="data")
-```
-
-| split | rows | tasks |
-| --- | --- | --- |
-{rows}
-
-Rejected inputs: {info['rejects']['rows']} rows under `rejects/`.
-
-| stage/reason | rows |
-| --- | --- |
-{reasons}
-
-{notes}
-"""

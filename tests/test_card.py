@@ -250,9 +250,9 @@ def _parsed_context(builder: str, args: list[str]):
     import click
     from groundforge.pipeline.cli import main
 
-    build = main.commands["build"]
     root = click.Context(main, info_name="groundforge")
-    return build.commands[builder].make_context(builder, args, parent=click.Context(build, info_name="build",
+    build = main.get_command(root, "build")
+    return build.get_command(root, builder).make_context(builder, args, parent=click.Context(build, info_name="build",
                                                                                     parent=root))
 
 
@@ -263,9 +263,9 @@ def test_command_line_from_the_real_cli():
                                       "--exclude-images", __file__, "--tasks", "rec",
                                       "--runner", "DirectRunner", "--direct_running_mode=in_memory"])
     line = command_line(ctx)
-    assert line == (f"groundforge build refcoco --dataset refcocog --tasks rec --out out/g --format kosmos2 "
-                    f"--exclude-images {__file__} --runner DirectRunner --direct_running_mode=in_memory")
-    assert display_command(line).endswith("--exclude-images test_card.py --runner DirectRunner "
-                                          "--direct_running_mode=in_memory")
+    assert line == (f"groundforge build refcoco --out OUT --format kosmos2 --exclude-images {__file__} "
+                    f"--dataset refcocog --tasks rec --runner DirectRunner --direct_running_mode=in_memory")
+    assert display_command(line).endswith("--exclude-images test_card.py --dataset refcocog --tasks rec "
+                                          "--runner DirectRunner --direct_running_mode=in_memory")
     grit = command_line(_parsed_context("grit", ["--out", "o", "--balance-concepts", "--nms-iou", "0.4"]))
-    assert grit == "groundforge build grit --nms-iou 0.4 --balance-concepts --out o"
+    assert grit == "groundforge build grit --out OUT --nms-iou 0.4 --balance-concepts"

@@ -119,7 +119,11 @@ class CountingBuilder(Builder):
     config = CountingConfig
     help = ("Counting questions: one `counting` record (JSON of all class counts) and one `count_class` record "
             "per class per image, from COCO boxes.")
-    card_notes = "Counting questions from COCO-style boxes. Image licenses follow the source images."
+
+    def card(self, config, plan):
+        from groundforge.pipeline.card import counting_card
+
+        return counting_card()
 
     def prepare(self, config: CountingConfig) -> Plan:
         coco, images = config.coco, config.images

@@ -56,22 +56,16 @@ from groundforge.pipeline.readers.refer import (
     refer_paths,
 )
 from groundforge.pipeline.sample import SAMPLE_DIR
-from groundforge.pipeline.writer import grouped_outputs
+from groundforge.pipeline.writer import HOLDOUT_FILE, grouped_outputs
 from groundforge.transforms.boxes import BoxError, checked_box
 from groundforge.transforms.images import ImageError, prepare_image
 from groundforge.transforms.paths import PathError
 from groundforge.transforms.records import make_object, make_record, record_id
 
 NAME = "refcoco"
-HOLDOUT_FILE = "holdout_image_ids.txt"
 TASKS = ("rec", "reg")
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 LICENSE_NOTE = "annotations Apache-2.0 (lichengunc/refer); images COCO, under their Flickr licenses"
-CARD_NOTES = ("Referring expressions from RefCOCO/RefCOCO+/RefCOCOg: `rec` (expression -> box) and `reg` "
-              "(box -> expression), one record per (ref, unique sentence). Annotations: Apache-2.0 "
-              "(github.com/lichengunc/refer). Images: MS COCO, each under its own Flickr license "
-              "(cocodataset.org/#termsofuse). `holdout_image_ids.txt` lists every image of a val/test split: "
-              "pass it to `--exclude-images` when building other training sets on COCO.")
 
 
 class Source(NamedTuple):
@@ -272,7 +266,11 @@ class RefcocoBuilder(Builder):
     help = ("RefCOCO / RefCOCO+ / RefCOCOg: `rec` (expression -> box) and `reg` (box -> expression) records, from "
             "the refer layout (--refer-dir), or lmms-lab / jxu124 exports (--parquet). Writes "
             "OUT/holdout_image_ids.txt.")
-    card_notes = CARD_NOTES
+
+    def card(self, config, plan):
+        from groundforge.pipeline.card import refcoco_card
+
+        return refcoco_card(config.dataset)
 
     def prepare(self, config: RefcocoConfig) -> Plan:
         tasks = parse_tasks(config.tasks, TASKS)

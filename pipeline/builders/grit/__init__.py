@@ -34,7 +34,6 @@ from groundforge.pipeline.builders.grit.outputs import (
 )
 from groundforge.pipeline.builders.grit.plan import (
     ANNOTATIONS,
-    CARD_NOTES,
     GROUNDERS,
     NAME,
     TASKS,
@@ -194,7 +193,11 @@ class GritBuilder(Builder):
     help = ("GRIT-style grounded captions (Kosmos-2): spaCy noun chunks and referring expressions, grounded by COCO "
             "boxes, a zero-shot detector or Florence-2, filtered, written as `grounded_caption` and `rec` records plus "
             "GRIT-20M style OUT/annotations/. Default input: the shipped sample with --grounder annotations.")
-    card_notes = CARD_NOTES
+
+    def card(self, config, plan: GritPlan):
+        from groundforge.pipeline.card import grit_card
+
+        return grit_card(plan.source.kind)
 
     def prepare(self, c: GritConfig) -> GritPlan:
         from groundforge.transforms.nounphrases import SpacyModelError, load_spacy

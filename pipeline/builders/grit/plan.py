@@ -10,11 +10,6 @@ TASKS = ("grounded_caption", "rec")
 GROUNDERS = ("annotations", "detector", "florence2")
 ANNOTATIONS = "annotations"  # tagged output and OUT/ table name
 ASPECT_TOLERANCE = 0.01      # a GRIT-20M image resized within this relative aspect change keeps its boxes
-CARD_NOTES = ("GRIT-style grounded captions (Kosmos-2): `grounded_caption` records (the caption with its grounded "
-              "noun chunks) and `rec` records (one per referring expression, with its chunk's boxes). "
-              "`annotations/` holds the same pairs in the GRIT-20M layout: `noun_chunks` and `ref_exps` as "
-              "[start_char, end_char, x1, y1, x2, y2, score] with boxes normalised to 0..1. Captions and images "
-              "keep the licenses of their sources.")
 
 
 class Source(NamedTuple):
