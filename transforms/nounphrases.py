@@ -19,7 +19,9 @@ Rules (Kosmos-2, section 2 "Construction of GRIT"):
 - a chunk expands to the dependency subtree of its root (left_edge..right_edge) unless the root has
   conjuncts; leading/trailing punctuation and coordinating conjunctions are trimmed;
 - an expression contained in another one is dropped (`drop_contained`, `not_contained`); each expression keeps the
-  index of its chunk, so it inherits that chunk's boxes.
+  index of its chunk, so it inherits that chunk's boxes. With `drop_contained=False` every chunk keeps its
+  expression: GRIT-20M rows hold one per grounded chunk, nested ones included, and the containment rule is
+  applied only when making training records (`transforms.grit.record_expressions`).
 """
 from __future__ import annotations
 
@@ -411,10 +413,9 @@ def _non_visual(words: frozenset, lemma: str, word: str, next_word: str, chunk_t
 
 
 def _ref_exps(t: _Tokens, spans: Sequence[tuple[int, int]], drop_contained: bool) -> list[RefExp]:
-    if drop_contained:
-        kept = not_contained(spans)
-    else:  # the same expression from two chunks: keep the first
-        kept = [i for i, span in enumerate(spans) if span not in spans[:i]]
+    # Without the containment rule every chunk keeps its expression, equal ones included: which chunks get a box
+    # is known only after grounding, and GRIT-20M rows hold one expression per grounded chunk.
+    kept = not_contained(spans) if drop_contained else range(len(spans))
     exps = []
     for i in kept:
         start, end = spans[i]
