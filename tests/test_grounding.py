@@ -103,8 +103,8 @@ def test_category_for_with_spacy_lemmas():
 # --- annotation grounding and detector outputs --------------------------------------------------
 
 def test_ground_with_annotations_links_all_boxes_of_the_category():
-    chunks = [Chunk(0, 5, "a man", "man"), Chunk(10, 17, "a puppy", "puppy"),
-              Chunk(20, 27, "a field", "field"), Chunk(30, 37, "a woman", "woman")]
+    chunks = [Chunk(0, 5, "two men", "man", False), Chunk(10, 17, "a puppy", "puppy", True),
+              Chunk(20, 27, "a field", "field", True), Chunk(30, 37, "people", "people", False)]
     anns = [("person", [1, 2, 30, 40]), ("dog", (50, 50, 80, 90)), ("person", [40, 2, 70, 40]),
             ("couch", [0, 0, 5, 5])]
     assert ground_with_annotations(chunks, anns) == [
@@ -322,3 +322,114 @@ def test_balance_deterministic_and_order_independent():
     assert balance_concepts(caps, seed=8) != first
     assert balance_concepts(caps, min_count=5, max_per_phrase=1000, seed=7) == sorted(
         k for k, _ in caps if not k.startswith("cat") and not k.startswith("dog") or k == "both")
+
+
+# --- singular phrases, image-level detector queries ------------------------------------------------
+
+def _nlp():
+    pytest.importorskip("spacy")
+    from groundforge.transforms.nounphrases import load_spacy
+    return load_spacy()
+
+
+def _chunks(caption):
+    from groundforge.transforms.nounphrases import extract
+    return extract([caption], _nlp())[0].chunks
+
+
+WEDDING = [("person", [10.0 * i, 5, 10.0 * i + 8, 60]) for i in range(10)] + [("cake", [200, 80, 260, 120])]
+RIDERS = [("person", [10, 5, 40, 60]), ("person", [60, 5, 90, 60]), ("person", [110, 5, 140, 60]),
+          ("horse", [0, 30, 100, 95]), ("tie", [20, 20, 25, 35])]
+
+
+def test_singular_phrase_with_several_boxes_is_dropped_not_given_all():
+    # The COCO-MINI fault the issue reports: "A bride" took all 10 person boxes.
+    bride = _chunks("A bride and groom cutting their wedding cake.")
+    assert [(c.text, c.singular) for c in bride] == [("A bride", True), ("groom", True),
+                                                     ("their wedding cake", True)]
+    drops = Counter()
+    assert ground_with_annotations(bride, WEDDING, drops=drops) == [Detection(2, [200.0, 80.0, 260.0, 120.0], 1.0)]
+    assert drops == Counter(ambiguous_singular=2)
+    assert len(ground_with_annotations(bride, WEDDING, keep_ambiguous=True)) == 10 + 10 + 1  # the old behaviour
+    # Real COCO val2014 captions (images 307538 and 542388, tests/data/coco_captions_judged.jsonl) over an image
+    # with three people, one horse and one tie.
+    lady = _chunks("a lady riding a brown horse over an obstacle")
+    drops = Counter()
+    assert ground_with_annotations(lady, RIDERS, drops=drops) == [Detection(1, [0.0, 30.0, 100.0, 95.0], 1.0)]
+    assert drops == Counter(ambiguous_singular=1)  # "a lady": which of the three?
+    man = _chunks("a man wearing a suit and a tie staring")
+    assert [c.text for c in man] == ["a man", "a suit", "a tie"]
+    assert ground_with_annotations(man, RIDERS) == [Detection(2, [20.0, 20.0, 25.0, 35.0], 1.0)]
+    # one person in the image: the singular phrase names that box
+    assert ground_with_annotations(lady[:1], RIDERS[:1]) == [Detection(0, [10.0, 5.0, 40.0, 60.0], 1.0)]
+
+
+def test_plural_phrases_keep_every_box():
+    # real COCO val2014 captions (images 517069, 22176, 16249)
+    for caption in ("Two women waiting at a bench next to a street.",
+                    "a group of people who are standing around a van",
+                    "several older men sit and relax on shady benches"):
+        person = [c for c in _chunks(caption) if category_for(c.text, c.root_lemma) == "person"]
+        assert len(person) == 1 and person[0].singular is False, caption
+        assert len(ground_with_annotations(person, WEDDING)) == 10, caption
+
+
+def test_is_singular_without_spacy_flag():
+    from groundforge.transforms.grounding import is_singular, singular_chunks
+    assert is_singular(("A bride", "bride")) and is_singular(("the man", None))
+    assert not is_singular(("two dogs", "dog")) and not is_singular(("the dogs", None))
+    assert not is_singular(("broccoli", "broccoli"))  # bare noun: unknown, all boxes kept
+    assert not is_singular(Chunk(0, 5, "a dog", "dog", False))  # the spaCy flag wins
+    assert singular_chunks([("a dog", "dog"), ("dogs", "dog"), Chunk(0, 3, "cat", "cat", True)]) == {0, 2}
+
+
+def test_detector_singular_phrase_keeps_its_best_box_before_nms():
+    dets = [(0, [0, 0, 50, 50], 0.80), (0, [100, 0, 150, 50], 0.90), (0, [200, 0, 250, 50], 0.70),
+            (1, [100, 0, 150, 50], 0.85), (1, [300, 0, 350, 50], 0.75)]
+    got = filter_detections(dets, 400, 100, singular={0})
+    # "a dog" keeps its 0.90 box; the others are singular_extra_box, not NMS casualties of chunk 1
+    assert got.boxes[0] == [([100.0, 0.0, 150.0, 50.0], 0.90)]
+    assert got.boxes[1] == [([300.0, 0.0, 350.0, 50.0], 0.75)]
+    assert got.drops == Counter(singular_extra_box=2, nms_suppressed=1)
+    # keep all boxes (the --keep-all-boxes option): singular=None
+    assert len(filter_detections(dets, 400, 100).boxes[0]) == 3
+
+
+def test_image_queries_run_once_per_image_and_fan_back_per_caption():
+    from groundforge.transforms.grounding import ImageQueries, fan_out, image_queries
+    # The five COCO captions of val2014 image 391895 (Karpathy dataset_coco.json "raw"), chunks by spaCy.
+    captions = ["A man with a red helmet on a small moped on a dirt road. ",
+                "Man riding a motor bike on a dirt road on the countryside.",
+                "A man riding on the back of a motorcycle.",
+                "A dirt path with a young person on a motor bike rests to the foreground of a verdant area with a "
+                "bridge and a background of cloud-wreathed mountains. ",
+                "A man in a red shirt and a red hat is on a motorcycle on a hill side."]
+    from groundforge.transforms.nounphrases import extract
+    texts = [[c.text for c in p.chunks] for p in extract(captions, _nlp())]
+    q = image_queries(texts)
+    assert isinstance(q, ImageQueries) and q.n_captions == 5
+    assert len(q.texts) == len({" ".join(t.lower().split()) for ts in texts for t in ts}) < sum(map(len, texts))
+    assert q.texts.count("a dirt road") == 1 and len([m for m in q.members[q.texts.index("a dirt road")]]) == 2
+    # one detector output for the image: a box for every query, score = its index / 100
+    dets = [(k, [k, k, k + 10, k + 10], k / 100) for k in range(len(q.texts))] + [(99, [0, 0, 1, 1], 0.9)]
+    drops = Counter()
+    per_caption = fan_out(dets, q, drops)
+    assert drops == Counter(bad_label=1) and len(per_caption) == 5
+    for c, caption_texts in enumerate(texts):
+        # each caption gets exactly its own chunks' boxes, indexed by its own chunk order
+        assert sorted(d.chunk for d in per_caption[c]) == list(range(len(caption_texts)))
+        for d in per_caption[c]:
+            k = q.texts.index(next(t for t in q.texts if " ".join(t.lower().split())
+                                   == " ".join(caption_texts[d.chunk].lower().split())))
+            assert d.box == [k, k, k + 10, k + 10] and d.score == k / 100
+    # the same detections a per-caption run would have given
+    from groundforge.transforms.grounding import detector_queries, detections_from_output
+    for c, caption_texts in enumerate(texts):
+        own = detector_queries(caption_texts)
+        keys = [" ".join(t.lower().split()) for t in own.texts]
+        union = [" ".join(t.lower().split()) for t in q.texts]
+        mine = [(keys.index(union[k]), box, s) for k, box, s in dets[:-1] if union[k] in keys]
+        mine.sort(key=lambda x: x[0])
+        solo = detections_from_output([b for _, b, _ in mine], [s for _, _, s in mine], [k for k, _, _ in mine], own)
+        assert sorted(per_caption[c]) == sorted(Detection(d.chunk, [float(v) for v in d.box], d.score) for d in solo)
+    assert fan_out([], image_queries([[], ["a dog"]])) == [[], []]

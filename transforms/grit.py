@@ -2,7 +2,8 @@
 
 GRIT-20M layout (the released Kosmos-2 data): `caption`, `width`, `height`, and `noun_chunks` /
 `ref_exps` as lists of `[start_char, end_char, x1, y1, x2, y2, score]`, boxes normalised to 0..1,
-one entry per (span, box) pair.
+one entry per (span, box) pair. `ref_exps` keeps one expression per grounded chunk, an expression inside another
+one included (`grounded_expressions`); only training records apply the containment rule (`record_expressions`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 from groundforge.transforms.boxes import BoxError, checked_box
+from groundforge.transforms.nounphrases import not_contained
 
 
 class RowError(ValueError):
@@ -53,6 +55,20 @@ def grit_row(caption: str, width: int, height: int, chunks: Sequence, boxes: Map
     row.update(caption=caption, width=int(width), height=int(height),
                noun_chunks=entries(chunk_groups, width, height), ref_exps=entries(exp_groups, width, height))
     return row
+
+
+def grounded_expressions(ref_exps: Sequence, boxes: Mapping[int, Sequence]) -> list:
+    """The expressions of the chunks that kept a box, in order, nested ones included: what a GRIT-20M row holds
+    (its README row keeps [0, 66] and [19, 66]). `ref_exps` are every chunk's expressions (`extract(...,
+    drop_contained=False)`); `boxes` is `filter_detections(...).boxes`. Pass the result to `grit_row`."""
+    return [e for e in ref_exps if boxes.get(e.chunk)]
+
+
+def record_expressions(ref_exps: Sequence, boxes: Mapping[int, Sequence]) -> list:
+    """The expressions that become `rec` training records: of the grounded ones, those no other grounded one
+    contains (the Kosmos-2 rule; of equal spans the first stays), each with its own chunk's boxes."""
+    grounded = grounded_expressions(ref_exps, boxes)
+    return [grounded[i] for i in not_contained([(e.start_char, e.end_char) for e in grounded])]
 
 
 class GritObjects(NamedTuple):

