@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.export.base import Image, Target
@@ -23,7 +24,7 @@ class ImageResolver:
         self.mode = mode
         self.prefix = prefix
         self.images_root = images_root
-        self.checked: dict[str, str] = {}  # image_sha256 -> file name, bytes verified
+        self.checked: dict[tuple, str] = {}  # (image_sha256, size, crc32) -> file name, sha256 verified
         self.written = 0
         self.reused = 0
 
@@ -60,12 +61,13 @@ class ImageResolver:
 
     def _name(self, row: dict, data: bytes) -> str:
         sha = row.get("image_sha256") or ""
-        if sha in self.checked:
-            return self.checked[sha]
+        key = (sha, len(data), zlib.crc32(data))  # a cheap key: other bytes under the same sha are hashed again
+        if key in self.checked:
+            return self.checked[key]
         actual = sha256_hex(data)
         if actual != sha:
             raise ExportError("image_sha256_mismatch", f"image_sha256 {sha[:16]}... but the bytes hash to {actual[:16]}...")
         if len(self.checked) >= CACHE_LIMIT:
             self.checked.clear()
-        self.checked[sha] = name = f"{sha}.{image_extension(data)}"
+        self.checked[key] = name = f"{sha}.{image_extension(data)}"
         return name

@@ -107,6 +107,6 @@ Chat `messages` with image content parts and an `images` column of embedded imag
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("parquet", data_dir="data")
+ds = load_dataset("path/to/this/folder")  # the configs above name every split
 ```
 """

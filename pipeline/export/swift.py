@@ -11,6 +11,8 @@ tokens), chosen per record id and --seed as `groundforge render` does.
 """
 from __future__ import annotations
 
+import json
+
 from groundforge.pipeline.export.base import Image, Target
 from groundforge.pipeline.export.common import SWIFT_TAGS, ExportError, check_tags, dumps, float32_text
 from groundforge.transforms.boxes import BoxError, checked_box
@@ -39,6 +41,8 @@ class SwiftTarget(Target):
         if not objects:
             raise ExportError("no_objects", f"task {task} needs at least one box")
         fields, response, refs, boxes = build(objects, caption)
+        if task == "detection":
+            fields["classes"] = ", ".join(_classes(row, refs))
         template = choose_template(task, PLAIN_FORMAT, str(row["id"]), self.seed)
         query = template.render({"expr": REF, "phrase": REF, "box": BOX * len(boxes), "caption": caption,
                                  "phrases": "", "classes": "", **fields})
@@ -59,6 +63,18 @@ class SwiftTarget(Target):
                              {"role": "assistant", "content": entry["response"]}],
                 "images": [image.ref], "objects": entry["objects"]}
         self.file(f"{split}.jsonl").write(dumps(line) + "\n")
+
+
+def _classes(row: dict, labels: list[str]) -> list[str]:
+    """The class list the record was asked about (meta.classes, as the renderer uses it), else its labels."""
+    try:
+        classes = json.loads(row.get("meta") or "{}").get("classes")
+    except (ValueError, AttributeError):
+        classes = None
+    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        check_tags({f"meta.classes[{i}]": c for i, c in enumerate(classes)}, SWIFT_TAGS, model_tokens=True)
+        return list(dict.fromkeys(classes))
+    return labels
 
 
 def _box(bbox, w: int, h: int) -> list[float]:
