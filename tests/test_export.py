@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import build_cli, jpeg_bytes
-
 from groundforge.pipeline.export import export_cmd
 from groundforge.pipeline.export.swift import SwiftTarget
 from groundforge.pipeline.shards import iter_rows, load_info, shard_paths
 from groundforge.schemas import record_arrow_schema
 from groundforge.transforms.codecs import get_codec
 from groundforge.transforms.templates import parse_output
+from helpers import build_cli, jpeg_bytes
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def swift_expand(line: dict, width: int, height: int) -> tuple[str, str]:
     `<|box_start|>{bbox_str}<|box_end|>`)."""
     objects = line["objects"]
     assert objects["bbox_type"] == "real"
-    boxes = [[int(round(v / (width if i % 2 == 0 else height) * 1000)) for i, v in enumerate(b)]
+    boxes = [[int(round(v / (width if i % 2 == 0 else height) * 1000)) for i, v in enumerate(b)]  # noqa: RUF046
              for b in objects["bbox"]]
     refs, state, out = objects["ref"], {"ref": 0, "bbox": 0}, []
     for message in line["messages"]:
@@ -255,7 +254,9 @@ def llava_items(data_path: Path, image_folder: Path):
     `DEFAULT_IMAGE_TOKEN + '\\n' + value`)."""
     from PIL import Image
 
-    for item in json.load(open(data_path, encoding="utf-8")):
+    with open(data_path, encoding="utf-8") as f:
+        data = json.load(f)
+    for item in data:
         image = Image.open(os.path.join(image_folder, item["image"])).convert("RGB")
         turns = [dict(t) for t in item["conversations"]]
         for t in turns:
@@ -372,10 +373,28 @@ def test_bad_records_become_export_rejects(built, tmp_path):
     for reason in bad.values():
         assert f"export/{reason}: 1" in result.output
     assert "rejected: 3" in result.output
-    written = sum(len(json.load(open(p))) for p in out.glob("*.json") if p.name != "export_info.json")
+    written = sum(len(json.loads(p.read_text())) for p in out.glob("*.json") if p.name != "export_info.json")
     assert written == len(records(src)) - 3
     info = json.loads((out / "export_info.json").read_text())
     assert info["rejects"]["rows"] == 3 and str(tmp_path) not in json.dumps(info)
+
+
+def test_swift_rejects_a_nan_box_and_exports_the_rest(built, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    src = tmp_path / "nan"
+    shutil.copytree(built["refcoco"], src)
+    shard = src / load_info(str(src))["shards"][0]["file"]
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["objects"][0]["bbox"] = [float("nan"), 1.0, 20.0, 20.0]
+    pq.write_table(pa.Table.from_pylist(rows, schema=record_arrow_schema()), shard)
+    result = export(src, tmp_path / "swift", "swift")
+    assert "export/nan_box: 1" in result.output and "rejected: 1" in result.output
+    rejects = pq.read_table(tmp_path / "swift" / "rejects" / "rejects-00000-of-00001.parquet").to_pylist()
+    assert rejects == [{"source": f"record:{rows[0]['id']}", "stage": "export", "reason": "nan_box",
+                        "detail": "[nan, 1.0, 20.0, 20.0]"}]
 
 
 @pytest.mark.parametrize("inside", [".", "exports/llava"])

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from groundforge.pipeline.export.common import IMAGE_TAGS, ExportError, OutFile, check_tags
+from groundforge.pipeline.export.common import (
+    IMAGE_TAGS,
+    ExportError,
+    OutFile,
+    check_tags,
+)
 
 
 class Image(NamedTuple):

@@ -12,7 +12,6 @@ import re
 from collections import Counter
 
 import click
-
 from groundforge.pipeline.export.common import STAGE, ExportError, OutFile
 from groundforge.pipeline.export.images import ImageResolver
 from groundforge.pipeline.export.llava import LlavaTarget
@@ -56,7 +55,6 @@ class _Rejects:
 
     def __init__(self, out_dir: str):
         import pyarrow.parquet as pq
-
         from groundforge.schemas import reject_arrow_schema
 
         self.schema = reject_arrow_schema()
@@ -110,6 +108,8 @@ def export_dataset(src: str, out: str, target: str, *, image_mode: str = "embed"
                 written[split] += 1
             except ExportError as err:
                 rejects.add(f"record:{row.get('id')}", err.reason, err.detail)
+            except (KeyError, TypeError, ValueError) as err:  # a malformed row: never a traceback
+                rejects.add(f"record:{row.get('id')}", "bad_record", f"{type(err).__name__}: {err}")
     files = exporter.close() + [rejects.close()]
     result = {"target": target, "image_mode": image_mode, "image_prefix": image_prefix, "seed": seed,
               "renamed_splits": dict(sorted(renames.items())), "source_dataset": info.get("dataset"),
@@ -177,6 +177,8 @@ def export_cmd(src, target, out, image_mode, image_prefix, images_root, rename, 
                                 images_root=images_root, renames=parse_renames(rename, target), seed=seed)
     except (ConfigError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # e.g. a full disk under --out
+        raise click.ClickException(f"cannot write the export: {err.strerror or err}") from None
     click.echo(summary_text(result))
     if result["read"] and not result["written"]:
         click.echo("error: no records were exported; see the rejects above", err=True)

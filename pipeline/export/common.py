@@ -73,7 +73,8 @@ class OutFile:
         self.path = os.path.join(root, *rel.split("/"))
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.tmp = os.path.join(os.path.dirname(self.path), f".tmp-{os.path.basename(self.path)}")
-        self.file = open(self.tmp, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n")
+        self.file = open(self.tmp, mode, encoding=None if "b" in mode else "utf-8",  # noqa: SIM115 (closed in close())
+                         newline=None if "b" in mode else "\n")
 
     def write(self, text) -> None:
         self.file.write(text)

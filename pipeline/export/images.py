@@ -6,7 +6,12 @@ import zlib
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.export.base import Image, Target
-from groundforge.pipeline.export.common import ExportError, image_extension, with_prefix, write_file_once
+from groundforge.pipeline.export.common import (
+    ExportError,
+    image_extension,
+    with_prefix,
+    write_file_once,
+)
 from groundforge.transforms.images import sha256_hex
 from groundforge.transforms.paths import PathError, safe_join
 

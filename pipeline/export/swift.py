@@ -12,9 +12,16 @@ tokens), chosen per record id and --seed as `groundforge render` does.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 from groundforge.pipeline.export.base import Image, Target
-from groundforge.pipeline.export.common import SWIFT_TAGS, ExportError, check_tags, dumps, float32_text
+from groundforge.pipeline.export.common import (
+    SWIFT_TAGS,
+    ExportError,
+    check_tags,
+    dumps,
+    float32_text,
+)
 from groundforge.transforms.boxes import BoxError, checked_box
 from groundforge.transforms.templates import choose_template, render_record
 
@@ -132,7 +139,7 @@ def _grounded_caption(objects, caption):
             e -= 1
         groups.setdefault((s, e), []).append(box)
     spans = sorted(groups)
-    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+    for (s0, e0), (s1, e1) in pairwise(spans):
         if s1 < e0:
             raise ExportError("bad_span", f"overlapping spans {[s0, e0]} and {[s1, e1]}")
     parts, pos = [], 0
