@@ -1,10 +1,11 @@
 """`groundforge export`: each target read back the way its trainer reads it, boxes round-tripped against the
 canonical `objects`, images written once, rejects, byte-identical reruns and the DIR/OUT guard.
 
-Oracles. ms-swift (pip pulls transformers<5.20 and datasets 4, so it cannot share this venv) and maestro (its
-package import calls `evaluate.load("bleu")`, which needs the Hub) are transcribed, with the source cited at
-each transcription; LLaVA's loader is a few lines, transcribed; the messages Parquet is loaded with the real
-`datasets`.
+Oracles. ms-swift (its pip install pins transformers<5.20 and datasets 4) and maestro (it pins
+requests<=2.32.3, below apache-beam's floor) cannot share the project venv: their readers are transcribed here,
+source cited at each transcription, and two more tests run the real packages where they are installed (both
+passed in side venvs: ms-swift 4.6.0, maestro 1.0.0; they skip here). LLaVA's loader is a few lines,
+transcribed; the messages Parquet is loaded with the real `datasets` and rendered with a real chat template.
 """
 from __future__ import annotations
 
@@ -284,6 +285,39 @@ def test_maestro_counting_answers_parse_back(built, tmp_path):
         assert_round_trip(row, row["format"], entry["suffix"], *image.size)
 
 
+def _installed_maestro_datasets():
+    """maestro's PyPI release (1.0.0) keeps its JSONL loader in maestro/trainer/common/datasets.py; the file is
+    loaded on its own because the package __init__ of maestro.trainer.common loads BLEU from the Hub."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("maestro")
+    path = spec and spec.submodule_search_locations and Path(spec.submodule_search_locations[0]) / "trainer" / "common" / "datasets.py"
+    if not path or not path.is_file():
+        pytest.skip("maestro (PyPI release layout) is not installed")
+    module_spec = importlib.util.spec_from_file_location("maestro_datasets", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_maestro_export_through_maestros_own_loader(built, tmp_path):
+    """Where maestro is installed (not in the project venv: it pins requests<=2.32.3, which apache-beam
+    refuses): its `load_split_dataset` / `create_data_loaders` read the export. Passed with maestro 1.0.0."""
+    maestro = _installed_maestro_datasets()
+    out = tmp_path / "maestro"
+    export(built["refcoco"], out, "maestro")
+    rows = records(built["refcoco"])
+    for split in ("train", "valid", "testA"):
+        ds = maestro.load_split_dataset(str(out), split)
+        expected = [r for r in rows if r["split"] == ("val" if split == "valid" else split)]
+        assert len(ds) == len(expected)
+        for i, row in enumerate(expected):
+            image, entry = ds[i]
+            assert image.size == (row["width"], row["height"]) and entry["suffix"] == row["target"]
+    train, valid, test = maestro.create_data_loaders(str(out), train_batch_size=4, train_collect_fn=lambda b: b)
+    assert valid is not None and test is None and len(next(iter(valid))) == 4
+
+
 # ---------------------------------------------------------------------------------------------------------
 # LLaVA
 
@@ -344,6 +378,28 @@ def test_messages_parquet_loads_with_datasets(built, tmp_path):
             assert image.size == (row["width"], row["height"])  # decoded to PIL by the `datasets` Image feature
     card = (out / "README.md").read_text()
     assert "- split: testA\n    path: data/testA-*" in card
+    # the rows go through a real chat template unchanged: Qwen2-VL-2B-Instruct's (tokenizer_config.json),
+    # applied by transformers' apply_chat_template to the row as `datasets` returns it
+    from groundforge.train.tiny import build_tokenizer
+
+    row, first = ds["val"][0], [r for r in rows if r["split"] == "val"][0]
+    text = build_tokenizer().apply_chat_template(row["messages"], chat_template=QWEN2_VL_CHAT_TEMPLATE, tokenize=False)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    f"<|vision_start|><|image_pad|><|vision_end|>{first['prompt']}<|im_end|>\n"
+                    f"<|im_start|>assistant\n{first['target']}<|im_end|>\n")
+
+
+QWEN2_VL_CHAT_TEMPLATE = (  # Qwen/Qwen2-VL-2B-Instruct tokenizer_config.json "chat_template", verbatim
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == "
+    "'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}")
 
 
 # ---------------------------------------------------------------------------------------------------------

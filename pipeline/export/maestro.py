@@ -1,7 +1,7 @@
 """maestro / Roboflow JSONL: DIR/{split}/annotations.jsonl of `{"image", "prefix", "suffix"}`, images beside it.
 
-maestro's loader (roboflow/maestro, maestro/trainer/common/datasets/core.py `load_split_dataset` and
-datasets/jsonl.py `JSONLDataset`) reads `{location}/{split}/annotations.jsonl`, requires the keys image, prefix
+maestro's loader (roboflow/maestro: maestro/trainer/common/datasets.py `load_split_dataset` and
+`RoboflowJSONLDataset` in the 1.0.0 release; datasets/core.py and datasets/jsonl.py `JSONLDataset` on main) reads `{location}/{split}/annotations.jsonl`, requires the keys image, prefix
 and suffix, and opens `os.path.join({location}/{split}, entry["image"])`; it looks for the splits train, valid
 and test, so the split `val` is written as `valid` unless --rename-split says otherwise. prefix/suffix are the
 record's rendered prompt/target (the format it was built or re-rendered for).
