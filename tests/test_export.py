@@ -291,8 +291,9 @@ def _installed_maestro_datasets():
     import importlib.util
 
     spec = importlib.util.find_spec("maestro")
-    path = spec and spec.submodule_search_locations and Path(spec.submodule_search_locations[0]) / "trainer" / "common" / "datasets.py"
-    if not path or not path.is_file():
+    roots = (spec and spec.submodule_search_locations) or []
+    path = Path(roots[0]) / "trainer" / "common" / "datasets.py" if roots else None
+    if path is None or not path.is_file():
         pytest.skip("maestro (PyPI release layout) is not installed")
     module_spec = importlib.util.spec_from_file_location("maestro_datasets", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -314,7 +315,7 @@ def test_maestro_export_through_maestros_own_loader(built, tmp_path):
         for i, row in enumerate(expected):
             image, entry = ds[i]
             assert image.size == (row["width"], row["height"]) and entry["suffix"] == row["target"]
-    train, valid, test = maestro.create_data_loaders(str(out), train_batch_size=4, train_collect_fn=lambda b: b)
+    _, valid, test = maestro.create_data_loaders(str(out), train_batch_size=4, train_collect_fn=lambda b: b)
     assert valid is not None and test is None and len(next(iter(valid))) == 4
 
 
@@ -382,7 +383,7 @@ def test_messages_parquet_loads_with_datasets(built, tmp_path):
     # applied by transformers' apply_chat_template to the row as `datasets` returns it
     from groundforge.train.tiny import build_tokenizer
 
-    row, first = ds["val"][0], [r for r in rows if r["split"] == "val"][0]
+    row, first = ds["val"][0], next(r for r in rows if r["split"] == "val")
     text = build_tokenizer().apply_chat_template(row["messages"], chat_template=QWEN2_VL_CHAT_TEMPLATE, tokenize=False)
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                     f"<|vision_start|><|image_pad|><|vision_end|>{first['prompt']}<|im_end|>\n"
