@@ -147,7 +147,8 @@ def summary_text(result: dict) -> str:
              f"written: {result['written']} {result['target']} entries"]
     lines += [f"  {split}: {n}" for split, n in result["splits"].items()]
     if result["image_mode"] == "embed" and result["target"] != "messages":
-        lines.append(f"image files: {result['images_written']} written, {result['images_present']} already there")
+        refs = result["images_written"] + result["images_present"]
+        lines.append(f"image files: {result['images_written']} written, {refs} references")
     lines.append(f"rejected: {result['rejects']['rows']}")
     lines += [f"  {reason}: {n}" for reason, n in result["rejects"]["by_reason"].items()]
     return "\n".join(lines)
