@@ -23,6 +23,8 @@ COMMANDS = {
                  "Check every shard of an output against the schema and dataset_info.json."),
     "preview": ("groundforge.pipeline.checks:preview_cmd",
                 "Write an HTML gallery of sampled records with their boxes drawn."),
+    "export": ("groundforge.pipeline.export:export_cmd",
+               "Export an output to another trainer's layout (ms-swift, maestro, LLaVA, HF messages)."),
     "train": ("groundforge.train.cli:train_command", "Fine-tune a model directly off the shards."),
     "eval": ("groundforge.train.cli:eval_command", "Generate on shards and score the answers."),
 }
