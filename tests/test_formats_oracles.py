@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import random
 
 import numpy as np
@@ -146,7 +145,7 @@ def oracle_records(n: int, seed: int = 5) -> list[dict]:
             k = rng.randint(1, 3)
             phrases.append((f"the {label}", label, [pool.pop() for _ in range(k) if pool]))
         phrases = [p for p in phrases if p[2]]
-        caption, objects, pos = "A photo of ", [], 0
+        caption, objects = "A photo of ", []
         for j, (text, label, boxes) in enumerate(phrases):
             if j:
                 caption += " and " if j == len(phrases) - 1 else ", "

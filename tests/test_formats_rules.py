@@ -135,7 +135,8 @@ def test_shikra_rejects_its_box_syntax_in_text():
     for rec in (record("rec", [obj("x", MAN)], caption="the box [0.1,0.2,0.3,0.4] on the left"),
                 record("reg", [obj("x", MAN)], caption="point [0.5,0.5]"),
                 record("detection", [obj("crate[0,0,1,1]", MAN)]),
-                record("grounded_caption", [obj("dog", DOG, (0, 5))], caption="a dog at [0.1,0.2,0.3,0.4;0.5,0.5,1,1]")):
+                record("grounded_caption", [obj("dog", DOG, (0, 5))],
+                       caption="a dog at [0.1,0.2,0.3,0.4;0.5,0.5,1,1]")):
         with pytest.raises(FormatTextError) as err:
             render_record(rec, "shikra")
         assert err.value.reason == "box_syntax"
@@ -159,14 +160,11 @@ def test_shikra_grounded_caption_labels_are_the_phrases():
     captions = _sample_captions()
     assert len(captions) == 50
     for i, caption in enumerate(captions):
-        phrases = [m for m in re.finditer(r"[^,]+?(?=, | and | in |$)", caption)]
-        spans = [(m.start() + (len(m.group(0)) - len(m.group(0).lstrip(" ,")))) for m in phrases]
         objects = []
-        for m, start in zip(phrases, spans):
-            text = m.group(0).lstrip(" ,").removeprefix("and ").removeprefix("in ")
-            start = m.end() - len(text)
+        for m in re.finditer(r"(?:^|, | and | in )(.+?)(?=, | and | in |$)", caption):  # the noun phrases
             x, y = rng.uniform(0, 300), rng.uniform(0, 200)
-            objects.append(obj(text.split()[-1], [x, y, x + 100, y + 80], (start, m.end())))
+            objects.append(obj(m.group(1).split()[-1], [x, y, x + 100, y + 80], m.span(1)))
+        assert len(objects) >= 2
         rec = record("grounded_caption", objects, caption=caption, id=f"s{i}")
         out = render_record(rec, "shikra")
         labels = [label for label, _ in parse_output("grounded_caption", "shikra", out.target, W, H)]
