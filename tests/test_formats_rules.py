@@ -112,9 +112,27 @@ def test_paligemma_rejects_separator_in_labels():
                 record("phrase_grounding", [obj("x", MAN, (0, 12))], caption="salt; pepper on a table")):
         assert reason(rec, "paligemma") == "label_separator", rec
         assert render_record(rec, "qwen2vl")  # other formats carry it
-    # why: the model's own separator splits the label (so does groundforge's decode)
+    # why: the model's own separator splits the label (so does groundforge's decode, and the reference parser)
     target = get_codec("paligemma").phrase_text("salt; pepper", [MAN], W, H)
     assert [label for label, _ in get_codec("paligemma").decode(target, W, H)] != ["salt; pepper"]
+    assert paligemma_space_names(target) != ["salt; pepper"]
+    target = render_record(record("detection", [obj("t-shirt", MAN), obj("7up can", DOG)]), "paligemma").target
+    assert paligemma_space_names(target) == ["t-shirt", "7up can"]
+
+
+def paligemma_space_names(text: str) -> list:
+    """Object names as the PaliGemma reference parser reads them: `_SEGMENT_DETECT_RE` and its loop in the
+    big-vision/paligemma-hf Hugging Face Space (app.py), which big_vision's PaliGemma demos share."""
+    segment_detect_re = re.compile(
+        r'(.*?)' + r'<loc(\d{4})>' * 4 + r'\s*' + '(?:%s)?' % (r'<seg(\d{3})>' * 16) + r'\s*([^;<>]+)? ?(?:; )?')
+    names = []
+    while text:
+        m = segment_detect_re.match(text)
+        if not m:
+            break
+        names.append((m.groups()[-1] or "").strip())
+        text = text[len(m.group()):]
+    return names
     # a caption with ';' outside the grounded phrases is fine: only the phrases are written as labels
     ok = record("grounded_caption", [obj("dog", DOG, (0, 5))], caption="a dog; a bone")
     assert render_record(ok, "paligemma").target.endswith("> a dog")
@@ -125,6 +143,8 @@ def test_paligemma_rejects_separator_in_labels():
 def test_markup_characters_in_labels_rejected_where_the_parser_stops_at_them(fmt, text):
     err_reason = reason(record("rec", [obj("x", MAN)], caption=text), fmt)
     assert err_reason == "label_markup"
+    if fmt == "paligemma":  # the reference parser would cut the name at the markup character
+        assert paligemma_space_names(get_codec(fmt).phrase_text(text, [MAN], W, H)) != [text]
     with pytest.raises(FormatTextError) as err:
         render_record(record("detection", [obj(text, MAN)]), fmt)
     assert err.value.field == "objects[0].label" and err.value.fmt == fmt and fmt in str(err.value)

@@ -2,7 +2,8 @@
 
 Quantization as big_vision's PaliGemma encoder (pp/proj/paligemma/segmentation.py, refcoco_mask2str):
 round(v_norm * 1023) clipped to 0..1023, y first. A label cannot hold `;` (it separates objects) nor `<`/`>`
-(the PaliGemma parser in big_vision's demo reads a name as `[^;<>]+`): such text is rejected.
+(the reference parser, `_SEGMENT_DETECT_RE` in the big-vision/paligemma-hf Space's app.py, reads a name as
+`[^;<>]+`): such text is rejected.
 """
 from __future__ import annotations
 
