@@ -282,3 +282,40 @@ def reader_pairs(rows, item: str = "item") -> list:
 
     return [(("reject" if r.stage == "read" else "annotation_reject"), r.row) if isinstance(r, Rejected) else (item, r)
             for r in rows]
+
+
+def tiny_florence2_processor():
+    """A real Florence2Processor with a tiny word-level tokenizer (no hub download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
+    from transformers.models.florence2.processing_florence2 import Florence2Processor
+
+    tok = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    image_processor = CLIPImageProcessorPil()
+    image_processor.image_seq_length = 577
+    parse_tasks = ["ocr", "phrase_grounding", "pure_text", "description_with_bboxes", "description_with_polygons",
+                   "polygons", "bboxes", "description_with_bboxes_or_polygons"]
+    return Florence2Processor(image_processor=image_processor, tokenizer=fast,
+                              post_processor_config={t: {} for t in parse_tasks})
+
+
+def tiny_kosmos2_processor(words=(), prepend_scheme: str = "first"):
+    """A real Kosmos2Processor over a tiny sentencepiece-style (Unigram + Metaspace) tokenizer built offline;
+    the processor adds its tag and patch-index tokens itself. Words not in `words` fall back to characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
+    from transformers.models.kosmos2.processing_kosmos2 import Kosmos2Processor
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'-\u2581"))
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -1.0) for w in dict.fromkeys(words)] + [(w, -2.0) for w in dict.fromkeys(words)]
+    vocab += [(c, -8.0) for c in chars]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=prepend_scheme)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=prepend_scheme)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    return Kosmos2Processor(image_processor=CLIPImageProcessorPil(), tokenizer=fast)

@@ -1,4 +1,5 @@
-"""Loc-token codecs against the reference implementations in transformers (Florence-2, Kosmos-2, Qwen2-VL)."""
+"""Loc-token codecs against the reference implementations in transformers (Florence-2, Kosmos-2), qwen-vl-utils
+(Qwen2.5-VL frame) and Shikra (square frame)."""
 from __future__ import annotations
 
 import math
@@ -6,12 +7,10 @@ import random
 import re
 
 import pytest
-from groundforge.transforms.codecs import (
-    FORMATS,
-    find_special_tokens,
-    get_codec,
-    smart_resize,
-)
+
+from helpers import tiny_florence2_processor
+
+from groundforge.transforms.codecs import FORMATS, FormatOptions, find_special_tokens, get_codec, smart_resize
 
 SIZES = [(640, 480), (1, 1), (333, 517), (4032, 3024), (1000, 1000), (2000, 3), (7, 5000), (1920, 1080)]
 
@@ -44,20 +43,7 @@ def border_boxes(w: float, h: float, bins: int) -> list[list[float]]:
 @pytest.fixture(scope="module")
 def florence_processor():
     """A real Florence2Processor with a tiny word-level tokenizer (no hub download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
-    from transformers.models.florence2.processing_florence2 import Florence2Processor
-
-    tok = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    image_processor = CLIPImageProcessorPil()
-    image_processor.image_seq_length = 577
-    parse_tasks = ["ocr", "phrase_grounding", "pure_text", "description_with_bboxes", "description_with_polygons",
-                   "polygons", "bboxes", "description_with_bboxes_or_polygons"]
-    return Florence2Processor(image_processor=image_processor, tokenizer=fast,
-                              post_processor_config={t: {} for t in parse_tasks})
+    return tiny_florence2_processor()
 
 
 def test_florence2_quantize_matches_transformers(florence_processor):
@@ -192,10 +178,9 @@ def test_kosmos2_dequantize_matches_patch_index_to_coordinate():
 
 
 def test_kosmos2_decode_matches_clean_text_and_extract_entities():
+    from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
+
     from groundforge.transforms.templates import render_record
-    from transformers.models.kosmos2.processing_kosmos2 import (
-        clean_text_and_extract_entities_with_bboxes,
-    )
 
     w, h = 640, 480
     caption = "A man walks two dogs in a park."
@@ -221,6 +206,74 @@ def test_kosmos2_decode_matches_clean_text_and_extract_entities():
 # ---------------------------------------------------------------------------------------------------------
 # Qwen2.5-VL smart_resize
 
+def qwen_vl_utils_smart_resize(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
+    """qwen-vl-utils' smart_resize, transcribed from QwenLM/Qwen2-VL (also QwenLM/Qwen2.5-VL)
+    qwen-vl-utils/src/qwen_vl_utils/vision_process.py, with its module defaults IMAGE_FACTOR = 28,
+    MIN_PIXELS = 4 * 28 * 28, MAX_PIXELS = 16384 * 28 * 28, MAX_RATIO = 200."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError("absolute aspect ratio must be smaller than 200")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def test_smart_resize_matches_qwen_vl_utils():
+    """Defaults are the released Qwen2.5-VL preprocessor's (min_pixels 3136, max_pixels 12845056), which are
+    qwen-vl-utils' module defaults; other bounds (--qwen-min-pixels/--qwen-max-pixels) match too."""
+    rng = random.Random(7)
+    sizes = [(1, 1), (14, 14), (15, 15), (28, 28), (56, 56), (480, 640), (3024, 4032), (10000, 50), (50, 10000),
+             (14, 2800), (1, 200), (200, 1), (5, 1000), (1080, 1920), (27, 27), (29, 57), (5000, 5000),
+             (20000, 20000), (4000, 3000)]
+    sizes += [(rng.randint(1, 8000), rng.randint(1, 8000)) for _ in range(9500)]
+    sizes += [(rng.randint(1, 20), rng.randint(1, 4000)) for _ in range(2000)]  # thin images
+    sizes += [(h, h * 200) for h in range(1, 60)] + [(w * 200, w) for w in range(1, 60)]  # 1:200
+    bounds = [(3136, 12845056), (3136, 1003520), (256 * 28 * 28, 1280 * 28 * 28)]
+    checked = 0
+    for h, w in sizes:
+        if max(h, w) / min(h, w) > 200:
+            with pytest.raises(ValueError):
+                smart_resize(h, w)
+            continue
+        assert smart_resize(h, w) == qwen_vl_utils_smart_resize(h, w), (h, w)
+        lo, hi = bounds[checked % len(bounds)]
+        assert smart_resize(h, w, min_pixels=lo, max_pixels=hi) == qwen_vl_utils_smart_resize(
+            h, w, min_pixels=lo, max_pixels=hi), (h, w, lo, hi)
+        checked += 1
+    assert checked >= 10_000
+
+
+def test_qwen25vl_frame_is_the_released_processors():
+    codec = get_codec("qwen25vl")
+    # a 12 MP phone photo keeps its size (transformers' class default max_pixels would give 1148x840)
+    assert codec.resized(4032, 3024) == (4032, 3024)
+    assert codec.quantize([4031, 3023, 4032, 3024], 4032, 3024) == (4031, 3023, 4032, 3024)
+    # a side under 15 px is floored at 28 px (qwen-vl-utils), not scaled up to min_pixels with the other side
+    assert codec.resized(1000, 10) == (1008, 28)
+    small = get_codec("qwen25vl", FormatOptions(qwen_min_pixels=3136, qwen_max_pixels=1003520))
+    assert small.resized(4032, 3024) == (1148, 840)
+
+
+def test_transformers_smart_resize_differs_only_for_thin_images():
+    """transformers' smart_resize (same bounds) has no 28 px floor on the rounded sides; elsewhere it agrees."""
+    reference = reference_smart_resize()
+    rng = random.Random(17)
+    for _ in range(3000):
+        h, w = rng.randint(15, 6000), rng.randint(15, 6000)
+        if max(h, w) / min(h, w) > 200:
+            continue
+        assert smart_resize(h, w) == reference(h, w, factor=28, min_pixels=3136, max_pixels=12845056)
+    assert reference(10, 1000, factor=28, min_pixels=3136, max_pixels=12845056) == (28, 560)
+    assert smart_resize(10, 1000) == (28, 1008)
+
+
 def reference_smart_resize():
     """transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize.
 
@@ -228,9 +281,7 @@ def reference_smart_resize():
     file as is (ast), so the oracle is still the library's own code.
     """
     try:
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
-            smart_resize as reference,
-        )
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
         return reference
     except ImportError:
         pass
@@ -243,25 +294,6 @@ def reference_smart_resize():
     namespace = {"math": math}
     exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), namespace)
     return namespace["smart_resize"]
-
-
-def test_smart_resize_matches_transformers():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        smart_resize as pil_copy,
-    )
-
-    reference = reference_smart_resize()
-    rng = random.Random(7)
-    sizes = [(1, 1), (28, 28), (56, 56), (480, 640), (3024, 4032), (10000, 50), (50, 10000), (14, 2800),
-             (1080, 1920), (27, 27), (29, 57), (5000, 5000)]
-    sizes += [(rng.randint(1, 6000), rng.randint(1, 6000)) for _ in range(3000)]
-    for h, w in sizes:
-        if max(h, w) / min(h, w) > 200:
-            with pytest.raises(ValueError):
-                smart_resize(h, w)
-            continue
-        assert smart_resize(h, w) == reference(h, w, factor=28, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
-        assert smart_resize(h, w) == reference(h, w) == pil_copy(h, w)  # same defaults in transformers
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -337,13 +369,14 @@ def test_box_text_exact():
     assert get_codec("paligemma").box_text(b, w, h) == "<loc0107><loc0160><loc0874><loc0480>"
     assert get_codec("qwen2vl").box_text(b, w, h) == "<|box_start|>(156,104),(469,854)<|box_end|>"
     assert get_codec("qwen25vl").box_text(b, w, h) == "[101, 50, 302, 407]"
-    assert get_codec("shikra").box_text(b, w, h) == "[0.156,0.104,0.469,0.854]"
+    assert get_codec("shikra").box_text(b, w, h) == "[0.156,0.203,0.469,0.766]"  # padded to 640x640
+    assert get_codec("shikra", FormatOptions(shikra_frame="plain")).box_text(b, w, h) == "[0.156,0.104,0.469,0.854]"
 
 
 def test_phrase_text_exact():
     b1, b2, w, h = [100, 50, 300, 410], [0, 0, 640, 480], 640, 480
     k = get_codec("kosmos2").phrase_text("a dog", [b1, b2], w, h)
-    assert k == ("<phrase>a dog</phrase><object><patch_index_0101><patch_index_0878>"
+    assert k == ("<phrase> a dog</phrase><object><patch_index_0101><patch_index_0878>"
                  "</delimiter_of_multi_objects/><patch_index_0000><patch_index_1023></object>")
     assert get_codec("florence2").phrase_text("a dog", [b1, b2], w, h) == (
         "a dog<loc_156><loc_104><loc_468><loc_854><loc_0><loc_0><loc_999><loc_999>")
@@ -354,7 +387,7 @@ def test_phrase_text_exact():
     assert get_codec("qwen25vl").phrase_text("a dog", [b1, b2], w, h) == (
         '[{"bbox_2d": [101, 50, 302, 407], "label": "a dog"}, {"bbox_2d": [0, 0, 644, 476], "label": "a dog"}]')
     assert get_codec("shikra").phrase_text("a dog", [b1, b2], w, h) == (
-        "a dog[0.156,0.104,0.469,0.854;0.000,0.000,1.000,1.000]")
+        "a dog[0.156,0.203,0.469,0.766;0.000,0.125,1.000,0.875]")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -405,9 +438,11 @@ def test_paligemma_and_shikra_decode_labels():
     text = "<loc0000><loc0000><loc1023><loc1023> a cat ; <loc0100><loc0200><loc0300><loc0400><seg001><seg002> dog"
     assert [label for label, _ in pg.decode(text, 1023, 1023)] == ["a cat", "dog"]
     assert pg.decode(text, 1023, 1023)[1][1] == [200.0, 100.0, 400.0, 300.0]
-    sh = get_codec("shikra")
+    sh = get_codec("shikra", FormatOptions(shikra_frame="plain"))
     assert sh.decode("dog[0.1,0.2,0.3,0.4;0.5,0.5,1,1], person[0.000,0.000,0.500,0.500]", 100, 10) == [
         ("dog", [10.0, 2.0, 30.0, 4.0]), ("dog", [50.0, 5.0, 100.0, 10.0]), ("person", [0.0, 0.0, 50.0, 5.0])]
+    square = get_codec("shikra")  # 100x10 padded to 100x100, 45 px above
+    assert square.decode("dog[0.1,0.46,0.3,0.5]", 100, 10) == [("dog", [10.0, 1.0, 30.0, 5.0])]
 
 
 def test_get_codec_unknown_format_names_the_valid_ones():

@@ -55,26 +55,28 @@ RECORDS = {
 EXPECTED = {
     ("rec", "florence2"): ("rec/florence2/0", "<OPEN_VOCABULARY_DETECTION>the man on the left",
                            "the man on the left<loc_156><loc_104><loc_468><loc_854>"),
-    ("rec", "kosmos2"): ("rec/kosmos2/0", "<grounding><phrase>the man on the left</phrase>",
+    ("rec", "kosmos2"): ("rec/kosmos2/0", "<grounding><phrase> the man on the left</phrase>",
                          "<object><patch_index_0101><patch_index_0878></object>"),
     ("rec", "paligemma"): ("rec/paligemma/0", "detect the man on the left",
                            "<loc0107><loc0160><loc0874><loc0480> the man on the left"),
     ("rec", "qwen2vl"): ("rec/qwen2vl/0", "Locate the man on the left in the image and output its bounding box.",
                          "<|object_ref_start|>the man on the left<|object_ref_end|>"
                          "<|box_start|>(156,104),(469,854)<|box_end|>"),
+    # Shikra's frame: 640x480 padded to 640x640 (80 px above), normalised by 640
     ("rec", "shikra"): ("rec/shikra/0", "Locate the man on the left in the image and output its bounding box.",
-                        "[0.156,0.104,0.469,0.854]"),
+                        "[0.156,0.203,0.469,0.766]"),
 
+    # the pretrained Florence-2 answers <REGION_TO_DESCRIPTION> with text<loc_..>x4
     ("reg", "florence2"): ("reg/florence2/0", "<REGION_TO_DESCRIPTION><loc_156><loc_104><loc_468><loc_854>",
-                           "the man on the left"),
+                           "the man on the left<loc_156><loc_104><loc_468><loc_854>"),
     ("reg", "kosmos2"): ("reg/kosmos2/0",
-                         "<grounding><phrase>It</phrase><object><patch_index_0101><patch_index_0878></object> is",
+                         "<grounding><phrase> It</phrase><object><patch_index_0101><patch_index_0878></object> is",
                          "the man on the left"),
     ("reg", "paligemma"): ("reg/paligemma/0", "caption en <loc0107><loc0160><loc0874><loc0480>",
                            "the man on the left"),
     ("reg", "qwen2vl"): ("reg/qwen2vl/1", "What is in the region <|box_start|>(156,104),(469,854)<|box_end|>? "
                          "Answer with a referring expression.", "the man on the left"),
-    ("reg", "shikra"): ("reg/shikra/1", "What is in the region [0.156,0.104,0.469,0.854]? "
+    ("reg", "shikra"): ("reg/shikra/1", "What is in the region [0.156,0.203,0.469,0.766]? "
                         "Answer with a referring expression.", "the man on the left"),
 
     ("grounded_caption", "florence2"): (
@@ -82,8 +84,8 @@ EXPECTED = {
         "A man<loc_156><loc_104><loc_468><loc_854>"
         "two dogs<loc_500><loc_500><loc_625><loc_979><loc_625><loc_500><loc_781><loc_979>"),
     ("grounded_caption", "kosmos2"): (
-        "grounded_caption/kosmos2/0", "<grounding>Describe this image in detail:",
-        "<phrase>A man</phrase><object><patch_index_0101><patch_index_0878></object> walks"
+        "grounded_caption/kosmos2/0", "<grounding> Describe this image in detail:",
+        "<phrase> A man</phrase><object><patch_index_0101><patch_index_0878></object> walks"
         "<phrase> two dogs</phrase><object><patch_index_0528><patch_index_1011></delimiter_of_multi_objects/>"
         "<patch_index_0532><patch_index_1016></object> in a park."),
     ("grounded_caption", "paligemma"): (
@@ -99,13 +101,13 @@ EXPECTED = {
     ("grounded_caption", "shikra"): (
         "grounded_caption/shikra/1",
         "Write a short caption for the image, giving the bounding box of every object it mentions.",
-        "A man[0.156,0.104,0.469,0.854] walks two dogs[0.500,0.500,0.625,0.979;0.625,0.500,0.781,0.979] in a park."),
+        "A man[0.156,0.203,0.469,0.766] walks two dogs[0.500,0.500,0.625,0.859;0.625,0.500,0.781,0.859] in a park."),
 
     ("phrase_grounding", "florence2"): (
         "phrase_grounding/florence2/0", "<CAPTION_TO_PHRASE_GROUNDING>two dogs",
         "two dogs<loc_500><loc_500><loc_625><loc_979><loc_625><loc_500><loc_781><loc_979>"),
     ("phrase_grounding", "kosmos2"): (
-        "phrase_grounding/kosmos2/0", "<grounding><phrase>two dogs</phrase>",
+        "phrase_grounding/kosmos2/0", "<grounding><phrase> two dogs</phrase>",
         "<object><patch_index_0528><patch_index_1011></delimiter_of_multi_objects/>"
         "<patch_index_0532><patch_index_1016></object>"),
     ("phrase_grounding", "paligemma"): (
@@ -121,9 +123,9 @@ EXPECTED = {
         "dog<loc_500><loc_500><loc_625><loc_979>person<loc_156><loc_104><loc_468><loc_854>"
         "dog<loc_625><loc_500><loc_781><loc_979>"),
     ("detection", "kosmos2"): (
-        "detection/kosmos2/0", "<grounding>Locate the objects in this image:",
-        "<phrase>dog</phrase><object><patch_index_0528><patch_index_1011></delimiter_of_multi_objects/>"
-        "<patch_index_0532><patch_index_1016></object><phrase>person</phrase><object><patch_index_0101>"
+        "detection/kosmos2/0", "<grounding> Locate the objects in this image:",
+        "<phrase> dog</phrase><object><patch_index_0528><patch_index_1011></delimiter_of_multi_objects/>"
+        "<patch_index_0532><patch_index_1016></object><phrase> person</phrase><object><patch_index_0101>"
         "<patch_index_0878></object>"),
     ("detection", "paligemma"): (
         "detection/paligemma/0", "detect dog ; person",
@@ -192,13 +194,18 @@ def test_qwen25vl_targets_are_json():
     pg = json.loads(render_record(RECORDS["phrase_grounding"], "qwen25vl").target)
     assert pg == [{"bbox_2d": [322, 238, 402, 466], "label": "two dogs"},
                   {"bbox_2d": [402, 238, 503, 466], "label": "two dogs"}]
-    gc = json.loads(render_record(RECORDS["grounded_caption"], "qwen25vl").target)
-    assert gc["caption"] == CAPTION
-    assert [o["label"] for o in gc["objects"]] == ["A man", "two dogs", "two dogs"]
+    # grounded captions: the caption, then the fenced JSON list (what Qwen2.5-VL answers)
+    gc = render_record(RECORDS["grounded_caption"], "qwen25vl").target
+    caption, fenced = gc.split("\n", 1)
+    assert caption == CAPTION
+    assert fenced.startswith("```json\n") and fenced.endswith("\n```")
+    assert [o["label"] for o in json.loads(fenced[8:-4])] == ["A man", "two dogs", "two dogs"]
     for task in ("rec", "phrase_grounding", "detection", "grounded_caption"):
-        for entry in get_codec("qwen25vl").decode(render_record(RECORDS[task], "qwen25vl").target, W, H):
+        target = render_record(RECORDS[task], "qwen25vl").target
+        for entry in get_codec("qwen25vl").decode(target, W, H):
             assert all(isinstance(v, float) for v in entry[1])
-        for value in _bboxes(json.loads(render_record(RECORDS[task], "qwen25vl").target)):
+        body = target.split("```json\n")[-1].rstrip("`\n")
+        for value in _bboxes(json.loads(body)):
             assert all(isinstance(v, int) for v in value)
     reg = render_record(RECORDS["reg"], "qwen25vl")
     assert "[101, 50, 302, 407]" in reg.prompt
@@ -304,7 +311,11 @@ def test_control_tokens_rejected():
     with pytest.raises(ControlTokenError):
         render_record({**RECORDS["counting"], "meta": {"classes": ["dog", "person", "<OD>"]}}, "florence2")
     ok = {**RECORDS["rec"], "caption": "the man with a <3 shirt, a < b"}
-    assert render_record(ok, "florence2").target.startswith("the man with a <3 shirt, a < b<loc_156>")
+    assert render_record(ok, "qwen2vl").target.startswith(
+        "<|object_ref_start|>the man with a <3 shirt, a < b<|object_ref_end|>")
+    with pytest.raises(RenderError) as err:  # not a control token, but Florence-2's parser ends a label at '<'
+        render_record(ok, "florence2")
+    assert err.value.reason == "label_markup"
 
 
 def test_template_choice_deterministic_and_seed_dependent():

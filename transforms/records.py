@@ -39,17 +39,26 @@ def make_record(*, id: str, dataset: str, split: str, task: str, image: dict, im
     }
 
 
-def rendered(record: dict, fmt: str, seed: int) -> dict:
-    """The record with prompt/target for `fmt`; the template id goes into meta.
+def rendered(record: dict, fmt: str, seed: int, options=None) -> dict:
+    """The record with prompt/target for `fmt` (frame options: `options`, a templates.FormatOptions);
+    the template id goes into meta["template"] and the coordinate frame into meta["frame"] (removed for
+    formats without one), so parse_output decodes in the frame the record was rendered in.
 
-    Raises templates.ControlTokenError when a text would inject control tokens.
+    Raises templates.RenderError (ControlTokenError, FormatTextError, ...) when the record cannot be rendered.
     """
-    from groundforge.transforms.templates import render_record
+    from groundforge.transforms.codecs import get_codec
+    from groundforge.transforms.templates import FormatOptions, render_record
 
+    options = options or FormatOptions()
     meta = record["meta"]
     meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
-    out = render_record({**record, "meta": meta}, fmt, seed)
+    out = render_record({**record, "meta": meta}, fmt, seed, options)
     meta["template"] = out.template_id
+    frame = get_codec(fmt, options).frame(int(record["width"]), int(record["height"]))
+    if frame is None:
+        meta.pop("frame", None)
+    else:
+        meta["frame"] = frame
     return {**record, "format": fmt, "prompt": out.prompt, "target": out.target, "meta": dumps_meta(meta)}
 
 

@@ -2,8 +2,10 @@
 
 Templates are registered per (task, format) with stable ids `task/format/i`. Formats whose model takes
 free-form instructions get several paraphrases, chosen per record from sha256(seed, record id); formats with
-a fixed task token (Florence-2, Kosmos-2, PaliGemma box tasks) get exactly one. `parse_output` reads model
-output back for evaluation; it inverts every target rendered here (boxes within one quantization bin).
+a fixed task token (Florence-2, Kosmos-2, PaliGemma box tasks) get exactly one. What differs per format
+(fixed prompts, target layout, text it cannot carry, coordinate frame) lives with the format's codec in
+`transforms.formats`; this module holds the task logic. `parse_output` reads model output back for
+evaluation; it inverts every target rendered here (boxes within one quantization bin).
 """
 from __future__ import annotations
 
@@ -16,24 +18,12 @@ from typing import Any, NamedTuple
 from groundforge.schemas import TASKS
 from groundforge.transforms.boxes import checked_box
 from groundforge.transforms.codecs import FORMATS, Codec, find_special_tokens, get_codec
-
-
-class RenderError(ValueError):
-    """A record that cannot be rendered. `reason` is the reject reason (snake_case)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-class ControlTokenError(RenderError):
-    """Record text (caption, label, class) contains control tokens of some model format."""
-
-    def __init__(self, field: str, tokens: list[str]):
-        super().__init__("control_tokens", f"{field} contains {', '.join(dict.fromkeys(tokens))}")
-        self.field = field
-        self.tokens = tokens
+from groundforge.transforms.formats.base import (  # noqa: F401  (re-exported)
+    ControlTokenError,
+    FormatOptions,
+    FormatTextError,
+    RenderError,
+)
 
 
 class Template(NamedTuple):
@@ -54,8 +44,6 @@ class Rendered(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------------------
 # template registry
-
-_FREE = ("qwen2vl", "qwen25vl", "shikra")
 
 _REC = (
     "Locate {expr} in the image and output its bounding box.",
@@ -94,53 +82,17 @@ _COUNT_CLASS = (
     "Count the {plural} in the image.",
     "What is the number of {plural} in this image?",
 )
-_JSON = " Report bbox coordinates in JSON format."
-_QWEN25_CAPTION = (
-    "Describe the image in one sentence, then locate every object you mention. "
-    "Answer in JSON with keys \"caption\" and \"objects\".",
-    "Write a short caption for this image and the bounding boxes of the objects it mentions, "
-    "as JSON with keys \"caption\" and \"objects\".",
-)
-_QWEN25_DETECT = (
-    "Locate every instance that belongs to the following categories: \"{classes}\". "
-    "Report bbox coordinates in JSON format.",
-    "Detect all objects of these classes in the image: {classes}. Output their bbox coordinates in JSON format.",
-)
-
-_FIXED = {
-    ("rec", "florence2"): "<OPEN_VOCABULARY_DETECTION>{expr}",
-    ("rec", "kosmos2"): "<grounding><phrase>{expr}</phrase>",
-    ("rec", "paligemma"): "detect {expr}",
-    ("reg", "florence2"): "<REGION_TO_DESCRIPTION>{box}",
-    ("reg", "kosmos2"): "<grounding><phrase>It</phrase>{box} is",
-    ("reg", "paligemma"): "caption en {box}",
-    ("grounded_caption", "florence2"): "<CAPTION_TO_PHRASE_GROUNDING>{caption}",
-    ("grounded_caption", "kosmos2"): "<grounding>Describe this image in detail:",
-    ("grounded_caption", "paligemma"): "detect {phrases}",
-    ("phrase_grounding", "florence2"): "<CAPTION_TO_PHRASE_GROUNDING>{phrase}",
-    ("phrase_grounding", "kosmos2"): "<grounding><phrase>{phrase}</phrase>",
-    ("phrase_grounding", "paligemma"): "detect {phrase}",
-    ("detection", "florence2"): "<OD>",
-    ("detection", "kosmos2"): "<grounding>Locate the objects in this image:",
-    ("detection", "paligemma"): "detect {classes}",
-}
 
 
 def _paraphrases(task: str, fmt: str) -> tuple[str, ...]:
-    if (task, fmt) in _FIXED:
-        return (_FIXED[task, fmt],)
+    codec = get_codec(fmt)
+    if task in codec.fixed_prompts:
+        return (codec.fixed_prompts[task],)
     if task in ("counting", "count_class"):
         base = _COUNT if task == "counting" else _COUNT_CLASS
-        if fmt == "kosmos2":
-            return tuple(f"Question: {p} Answer:" for p in base)
-        if fmt == "paligemma":
-            return tuple(f"answer en {p}" for p in base)
-        return base
-    if fmt == "qwen25vl":
-        return {"rec": tuple(p + _JSON for p in _REC), "phrase_grounding": tuple(p + _JSON for p in _PHRASE),
-                "reg": _REG, "grounded_caption": _QWEN25_CAPTION, "detection": _QWEN25_DETECT}[task]
-    return {"rec": _REC, "phrase_grounding": _PHRASE, "reg": _REG, "grounded_caption": _CAPTION,
-            "detection": _DETECT}[task]
+        return tuple(codec.question.format(p) for p in base)
+    return codec.paraphrases(task, {"rec": _REC, "phrase_grounding": _PHRASE, "reg": _REG,
+                                    "grounded_caption": _CAPTION, "detection": _DETECT}[task])
 
 
 REGISTRY: dict[tuple[str, str], tuple[Template, ...]] = {
@@ -227,18 +179,22 @@ def _check_texts(ctx: _Ctx) -> None:
         tokens = find_special_tokens(text)
         if tokens:
             raise ControlTokenError(name, tokens)
+    for name, text in fields:
+        ctx.codec.check_text(name, text)
 
 
-def _context(record: dict, fmt: str) -> _Ctx:
-    codec = get_codec(fmt)
+def _context(record: dict, fmt: str, options: FormatOptions | None = None) -> _Ctx:
+    codec = get_codec(fmt, options or FormatOptions())
     try:
         w, h = int(record["width"]), int(record["height"])
     except (KeyError, TypeError, ValueError):
         raise RenderError("bad_size", f"width/height {record.get('width')!r}x{record.get('height')!r}") from None
     if w <= 0 or h <= 0:
         raise RenderError("bad_size", f"{w}x{h}")
-    if fmt == "qwen25vl" and max(w, h) / min(w, h) > 200:
-        raise RenderError("bad_aspect_ratio", f"{w}x{h}: Qwen2.5-VL takes aspect ratios up to 200")
+    try:
+        codec.frame(w, h)
+    except ValueError as err:  # Qwen2.5-VL: aspect ratio over 200, or no pixels left within max_pixels
+        raise RenderError("bad_aspect_ratio", f"{w}x{h}: {err}") from None
     objects = [o._replace(box=checked_box(o.box, w, h)) for o in _objects(record.get("objects"))]
     return _Ctx(codec, fmt, w, h, objects, record.get("caption") or "", _meta(record.get("meta")))
 
@@ -259,16 +215,20 @@ def _expression(ctx: _Ctx) -> str:
     return text
 
 
+def _label(ctx: _Ctx, field: str, text: str) -> str:
+    """`text` as written next to box markup (a label, expression or phrase), checked for the format."""
+    ctx.codec.check_label(field, text)
+    return text
+
+
 def _grounded_text(ctx: _Ctx, label: str, boxes: list) -> str:
     """Target for text -> boxes tasks (rec, phrase_grounding)."""
-    if ctx.fmt in ("kosmos2", "shikra"):
-        return ctx.codec.boxes_text(boxes, ctx.w, ctx.h)
-    return ctx.codec.phrase_text(label, boxes, ctx.w, ctx.h)
+    return ctx.codec.grounded_text(label, boxes, ctx.w, ctx.h)
 
 
 def _rec(ctx: _Ctx):
     boxes = _need_objects(ctx)
-    expr = _expression(ctx)
+    expr = _label(ctx, "caption", _expression(ctx))
     return {"expr": expr}, _grounded_text(ctx, expr, boxes)
 
 
@@ -281,6 +241,7 @@ def _phrase_grounding(ctx: _Ctx):
         phrase = _expression(ctx)
     if not phrase:
         raise RenderError("bad_span", f"empty phrase at span {first.span}")
+    _label(ctx, "caption", phrase)
     return {"phrase": phrase}, _grounded_text(ctx, phrase, boxes)
 
 
@@ -289,7 +250,10 @@ def _reg(ctx: _Ctx):
     expr = _expression(ctx)
     c = ctx.codec
     box = c.box_text(boxes[0], ctx.w, ctx.h) if len(boxes) == 1 else c.boxes_text(boxes, ctx.w, ctx.h)
-    return {"box": box}, expr
+    target = c.region_text(expr, boxes, ctx.w, ctx.h)
+    if target != expr:  # the expression is written as a label next to the boxes
+        _label(ctx, "caption", expr)
+    return {"box": box}, target
 
 
 def _phrase_groups(ctx: _Ctx) -> list[tuple[int, int, list]]:
@@ -320,38 +284,11 @@ def _phrase_groups(ctx: _Ctx) -> list[tuple[int, int, list]]:
     return [(s, e, boxes) for (s, e), boxes in ordered]
 
 
-def _inline(ctx: _Ctx, groups, space_inside: bool = False) -> str:
-    """The caption with each grounded phrase replaced by its phrase_text markup.
-
-    space_inside: Kosmos-2 convention, the blank before a phrase goes inside `<phrase> ...</phrase>`.
-    """
-    caption, c, out, pos = ctx.caption, ctx.codec, [], 0
-    for s, e, boxes in groups:
-        phrase = caption[s:e]
-        if space_inside and s > pos and caption[s - 1] == " ":
-            s, phrase = s - 1, " " + phrase
-        out.append(caption[pos:s])
-        out.append(c.phrase_text(phrase, boxes, ctx.w, ctx.h))
-        pos = e
-    out.append(caption[pos:])
-    return "".join(out)
-
-
 def _grounded_caption(ctx: _Ctx):
     groups = _phrase_groups(ctx)
-    c, w, h, caption = ctx.codec, ctx.w, ctx.h, ctx.caption
-    phrases = [caption[s:e] for s, e, _ in groups]
-    fields = {"caption": caption, "phrases": " ; ".join(phrases)}
-    if ctx.fmt == "florence2":
-        target = "".join(c.phrase_text(p, boxes, w, h) for p, (_, _, boxes) in zip(phrases, groups))
-    elif ctx.fmt == "paligemma":
-        target = " ; ".join(c.phrase_text(p, boxes, w, h) for p, (_, _, boxes) in zip(phrases, groups))
-    elif ctx.fmt == "qwen25vl":
-        items = [(p, b) for p, (_, _, boxes) in zip(phrases, groups) for b in boxes]
-        target = json.dumps({"caption": caption, "objects": c.entries(items, w, h)}, ensure_ascii=False)
-    else:  # kosmos2, qwen2vl, shikra: markup inline in the caption
-        target = _inline(ctx, groups, space_inside=ctx.fmt == "kosmos2")
-    return fields, target
+    phrases = [_label(ctx, f"caption[{s}:{e}]", ctx.caption[s:e]) for s, e, _ in groups]
+    fields = {"caption": ctx.caption, "phrases": " ; ".join(phrases)}
+    return fields, ctx.codec.caption_text(ctx.caption, groups, ctx.w, ctx.h)
 
 
 def _classes(ctx: _Ctx) -> list[str]:
@@ -365,9 +302,9 @@ def _classes(ctx: _Ctx) -> list[str]:
 
 def _detection(ctx: _Ctx):
     _need_objects(ctx)
-    items = [(o.label, o.box) for o in ctx.objects]
-    sep = " ; " if ctx.fmt == "paligemma" else ", "
-    return {"classes": sep.join(_classes(ctx))}, ctx.codec.objects_text(items, ctx.w, ctx.h)
+    items = [(_label(ctx, f"objects[{i}].label", o.label), o.box) for i, o in enumerate(ctx.objects)]
+    classes = [_label(ctx, f"meta.classes[{i}]", c) for i, c in enumerate(_classes(ctx))]
+    return {"classes": ctx.codec.class_sep.join(classes)}, ctx.codec.objects_text(items, ctx.w, ctx.h)
 
 
 def _counting(ctx: _Ctx):
@@ -403,15 +340,16 @@ _RENDERERS = {"rec": _rec, "reg": _reg, "grounded_caption": _grounded_caption,
               "count_class": _count_class}
 
 
-def render_record(record: dict, fmt: str, seed: int = 0) -> Rendered:
-    """Prompt and target of `record` for model format `fmt`.
+def render_record(record: dict, fmt: str, seed: int = 0, options: FormatOptions | None = None) -> Rendered:
+    """Prompt and target of `record` for model format `fmt` (frame options: `options`, default FormatOptions()).
 
     Raises ValueError for an unknown format, ControlTokenError when record text carries control tokens,
-    RenderError (reason attribute) or transforms.boxes.BoxError for records that cannot be rendered.
+    FormatTextError when text would not read back in this format, RenderError (reason attribute) or
+    transforms.boxes.BoxError for records that cannot be rendered.
     """
     task = record.get("task")
     templates_for(task, fmt)  # unknown format / task fail first
-    ctx = _context(record, fmt)
+    ctx = _context(record, fmt, options)
     _check_texts(ctx)
     fields, target = _RENDERERS[task](ctx)
     template = choose_template(task, fmt, str(record.get("id", "")), seed)
@@ -524,18 +462,33 @@ def parse_output(task: str, fmt: str, text: str, width: int, height: int, meta=N
 
     rec / phrase_grounding / detection / grounded_caption: [(label, [x1, y1, x2, y2])] in pixels;
     counting: dict class -> int, or None if the text is not a JSON object of non-negative ints;
-    count_class: int or None; reg: the stripped text. `meta` is accepted for callers that pass the record's
-    meta; no current task needs it.
+    count_class: int or None; reg: the expression (text before any box markup the target repeats).
+    `meta` (the record's meta, dict or JSON) gives the coordinate frame the record was rendered in
+    (meta["frame"]); without it the default FormatOptions frame is used.
     """
     templates_for(task, fmt)
     text = _clean(text)
     if task == "reg":
-        return text
+        return _region_text(fmt, text)
     if task == "counting":
         return _parse_counts(text)
     if task == "count_class":
         return _parse_int(text)
-    return get_codec(fmt).decode(text, width, height)
+    return get_codec(fmt, frame=_frame(meta)).decode(text, width, height)
+
+
+def _frame(meta) -> dict | None:
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    frame = meta.get("frame") if isinstance(meta, dict) else None
+    return frame if isinstance(frame, dict) else None
+
+
+def _region_text(fmt: str, text: str) -> str:
+    return get_codec(fmt).region_answer(text)
 
 
 def _parse_counts(text: str) -> dict | None:

@@ -1,0 +1,1 @@
+"""Target formats, one module each; `transforms.codecs` is the registry built from them."""
