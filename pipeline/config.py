@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
 
 import click
-from groundforge.transforms.codecs import FORMATS
+from groundforge.transforms.codecs import FORMATS, FormatOptions
 
 SPLIT_NAME = r"^\w+(\.\w+)*$"  # what the Hugging Face Hub accepts as a split name in data_files
 
@@ -36,6 +36,9 @@ def check_split(value: str | None) -> str | None:
     return value
 
 
+_FORMAT_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(FormatOptions)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class WriteConfig:
     """Options of every command that writes a groundforge output: where, which format, how sharded."""
@@ -46,6 +49,19 @@ class WriteConfig:
     shard_size_mb: float = option(256.0, "Target shard size when --num-shards is not given.",
                                   type=click.FloatRange(min=0.001))
     seed: int = option(0, "Seed for template choice.", type=int)
+    qwen_min_pixels: int = option(FormatOptions.qwen_min_pixels, _FORMAT_HELP["qwen_min_pixels"] + ".",
+                                  type=click.IntRange(1))
+    qwen_max_pixels: int = option(FormatOptions.qwen_max_pixels, _FORMAT_HELP["qwen_max_pixels"] + ".",
+                                  type=click.IntRange(1))
+    shikra_frame: str = option(FormatOptions.shikra_frame, _FORMAT_HELP["shikra_frame"] + ".",
+                               type=click.Choice(("square", "plain")))
+
+    def format_options(self) -> FormatOptions:
+        """The rendering options of transforms.formats; click.BadParameter for a combination it refuses."""
+        try:
+            return FormatOptions(self.qwen_min_pixels, self.qwen_max_pixels, self.shikra_frame)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--qwen-min-pixels/--qwen-max-pixels") from None
 
 
 @dataclass(frozen=True, kw_only=True)

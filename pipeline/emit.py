@@ -37,7 +37,7 @@ def size_mismatch(source: str, claimed: tuple, actual: tuple):
 def render_or_reject(record: dict, fmt: str, seed: int, where: str = "", options=None):
     """The record rendered for `fmt`, or a render reject naming the record (and `where` it came from)."""
     try:
-        return rendered(record, fmt, seed) if options is None else rendered(record, fmt, seed, options)
+        return rendered(record, fmt, seed, options)
     except ValueError as err:  # templates.RenderError (control_tokens, bad_span, ...) or BoxError, with .reason
         detail = f"{where}: {err}" if where else str(err)
         return reject(f"record:{record['id']}", "render", getattr(err, "reason", "render_error"), detail)

@@ -26,9 +26,10 @@ class RenderConfig(WriteConfig):
 
 
 class RenderFn(beam.DoFn):
-    def __init__(self, fmt: str, seed: int):
+    def __init__(self, fmt: str, seed: int, options=None):
         self.fmt = fmt
         self.seed = seed
+        self.options = options
 
     def process(self, path: str):
         """One shard -> its records re-rendered, as image groups (an image's records share a shard)."""
@@ -37,7 +38,7 @@ class RenderFn(beam.DoFn):
     def _rendered(self, path: str):
         for row in iter_rows(path):
             yield stat("records_read")
-            yield render_or_reject(row, self.fmt, self.seed)
+            yield render_or_reject(row, self.fmt, self.seed, options=self.options)
 
 
 class Renderer(Builder):
@@ -77,7 +78,7 @@ class Renderer(Builder):
 
     def expand(self, p, config: RenderConfig, plan) -> Outputs:
         done = (p | "Shards" >> beam.Create(plan["paths"]) | "Spread" >> beam.Reshuffle()
-                | "Render" >> beam.ParDo(RenderFn(config.format, config.seed)).with_outputs(
+                | "Render" >> beam.ParDo(RenderFn(config.format, config.seed, config.format_options())).with_outputs(
                     REJECTS, STATS, main="groups"))
         tables = {}
         for name, (schema, split, files) in plan["tables"].items():

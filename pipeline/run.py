@@ -18,6 +18,7 @@ from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
 def run(builder, config, beam_args=(), command: str | None = None) -> dict | None:
     """Build `config.out` with `builder`; returns dataset_info (None when a remote runner did not wait).
     `command`: the command line as typed, for the dataset card (local absolute paths are cut there)."""
+    config.format_options()  # refuse a bad combination before anything runs
     plan = builder.prepare(config)
     options = pipeline_options(beam_args)
     args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}

@@ -10,9 +10,9 @@ from helpers import FAST_BEAM
 CASES = {
     "counting": dict(
         options={},
-        splits={"train": {"count_class": 399, "counting": 49}},
-        rejects={"counting/crowd_region": 1},
-        stats={"images_read": 50}),
+        splits={"train": {"count_class": 206, "counting": 49}},
+        rejects={},
+        stats={"images_read": 50, "count_class_skipped_crowd_region": 1, "count_class_zero_dropped": 193}),
     "refcoco": dict(
         options={},
         splits={"train": {"rec": 184, "reg": 184}, "val": {"rec": 21, "reg": 21}, "testA": {"rec": 36, "reg": 36},
@@ -21,7 +21,7 @@ CASES = {
         stats={"refs_read": 123, "images_read": 50, "duplicate_sentences": 26}),
     "grit": dict(
         options={"tasks": "grounded_caption,rec"},
-        splits={"train": {"grounded_caption": 50, "rec": 103}},
+        splits={"train": {"grounded_caption": 50, "rec": 101}},
         rejects={},
         stats={"captions_read": 50, "images_read": 50}),
 }

@@ -47,7 +47,7 @@ def test_counts_crowd_clipping_and_zero(tmp_path):
     cats = [{"id": 100, "name": "animals", "supercategory": "none"},
             {"id": 1, "name": "dog", "supercategory": "animals"}, {"id": 2, "name": "cat", "supercategory": "animals"}]
     coco = write_coco(tmp_path, images, anns, cats)
-    out, result = build(tmp_path, coco)
+    out, result = build(tmp_path, coco, ["--max-zero-ratio", "1"])  # keep every zero answer (see the next test)
     rows = read_rows(out)
     counting = by_task(rows, "counting")
     assert set(counting) == {"1", "3"}  # image 2 has a crowd region: no all-class question
@@ -58,12 +58,30 @@ def test_counts_crowd_clipping_and_zero(tmp_path):
     per_class = by_task(rows, "count_class")
     assert {k: r["target"] for k, r in per_class.items()} == {
         "1/dog": "2", "1/cat": "1", "2/cat": "1", "3/dog": "0", "3/cat": "0"}
-    assert reasons(out) == [("counting", "crowd_region")]
+    assert reasons(out) == []  # a crowd region skips its class in that image: a counted stat, not a reject
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["splits"]["train"]["tasks"] == {"counting": 2, "count_class": 5}
     assert info["stats"]["images_read"] == 3
-    assert "images 3" in result.output and "counting/crowd_region: 1" in result.output
+    assert info["stats"]["count_class_skipped_crowd_region"] == 1
+    assert "images 3" in result.output and "count class skipped crowd region: 1" in result.output
     assert run_cli(["validate", out]).output.startswith("ok: 7 records")
+
+
+def test_zero_answers_are_capped_per_image_by_default(tmp_path):
+    """--max-zero-ratio 0.5 (default): an image's zero-answer count_class questions are at most half of them."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 80} for i in (1, 2)]
+    cats = [{"id": c, "name": n, "supercategory": "x"} for c, n in enumerate(["dog", "cat", "8", "bus", "car"], 1)]
+    anns = [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0},
+            {"id": 11, "image_id": 1, "category_id": 2, "bbox": [40, 40, 10, 10], "iscrowd": 0}]
+    out, result = build(tmp_path, write_coco(tmp_path, images, anns, cats))
+    per_class = {k: r["target"] for k, r in by_task(read_rows(out), "count_class").items()}
+    zeros = sorted(k for k, v in per_class.items() if v == "0")
+    assert {k: v for k, v in per_class.items() if v != "0"} == {"1/dog": "1", "1/cat": "1"}
+    assert len(zeros) == 2 and all(k.startswith("1/") for k in zeros)  # 2 non-zero -> 2 zeros; image 2 none
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["stats"]["count_class_zero_dropped"] == 1 + 5
+    again, _ = build(tmp_path, write_coco(tmp_path, images, anns, cats), out_name="again")
+    assert read_rows(again) == read_rows(out)  # the seeded choice is the same on a rerun
 
 
 def test_exif_image_stored_transposed(tmp_path):
@@ -107,12 +125,13 @@ def test_every_bad_input_is_a_reject_with_reason(tmp_path):
         ("2", "image", "missing_image"), ("3", "image", "truncated_image"), ("4", "image", "path_traversal"),
         ("5", "image", "decompression_bomb"), ("6", "image", "size_mismatch"),
         ("20", "annotation", "outside_image"), ("21", "annotation", "nan_box"),
-        ("23", "read", "unknown_image"), ("1", "counting", "bad_box_in_class"),
+        ("23", "read", "unknown_image"),
     }
     rows = read_rows(out)
     # image 1: the outside box is not counted, the NaN box makes the cat count unknown
     assert {r["task"]: r["target"] for r in rows} == {"count_class": "1"}
-    assert "rejected: 9" in result.output
+    assert json.loads((out / "dataset_info.json").read_text())["stats"]["count_class_skipped_bad_box_in_class"] == 1
+    assert "rejected: 8" in result.output
 
 
 def test_malformed_entries_are_rejects_not_losses_or_crashes():
@@ -225,7 +244,8 @@ def test_sample_loads_with_datasets_and_renders(tmp_path):
     out = _sample_build(tmp_path, "s")
     ds = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
     info = json.loads((out / "dataset_info.json").read_text())
-    assert len(ds) == info["rows"] == 50 * 8 + 49 - 1  # 8 classes + counting per image; crowd in the last image
+    # 8 classes + counting per image; crowd in the last image; zero answers capped at half of each image's questions
+    assert len(ds) == info["rows"] == 50 * 8 + 49 - 1 - info["stats"]["count_class_zero_dropped"]
     assert isinstance(ds[0]["image"], PILImage)
     first_object = next(objs[0] for objs in ds.select_columns(["objects"])["objects"] if objs)
     assert set(first_object) == {"label", "bbox", "score", "span"} and first_object["score"] == 1.0

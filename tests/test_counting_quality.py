@@ -9,7 +9,6 @@ import pytest
 from groundforge.transforms.counting import (
     Categories,
     count_image,
-    counting_records,
     image_records,
     load_class_names,
     zeros_allowed,
@@ -166,10 +165,6 @@ def test_crowd_region_is_a_skipped_class_not_a_rejected_image():
     assert out.skipped == [("person", "crowd_region")]
     assert out.stats == {"count_class_skipped_crowd_region": 1, "counting_skipped_uncertain_class": 1}
     assert [_meta(r)["class"] for r in out.records] == ["dog", "cat"]  # the others are still asked
-    # the old helper's shape is unchanged for the current builder
-    records, rows = counting_records(BASE, counts, cats.classes, "counting", META)
-    assert [r["id"] for r in records] == [r["id"] for r in out.records]
-    assert [(r["stage"], r["reason"]) for r in rows] == [("counting", "crowd_region")]
 
 
 def test_class_name_quotes_only_non_words():

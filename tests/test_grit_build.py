@@ -643,7 +643,9 @@ def test_configuration_errors_fail_before_running(tmp_path, owl):
 # the filter stage with injected detector outputs, the text handler
 
 
-def run_filter(detections, chunks, ref_exps, **filters):
+def run_filter(detections, chunks, ref_exps, keep_all_boxes=True, **filters):
+    """FilterFn on one item; keep_all_boxes=True by default so these tests see the Kosmos-2 filters alone (the
+    singular-phrase rule is tested in test_singular_phrase_keeps_its_best_detector_box)."""
     from apache_beam.pvalue import TaggedOutput
     from groundforge.pipeline.builders.grit.outputs import FilterFn
     from groundforge.pipeline.builders.grit.plan import Settings
@@ -651,7 +653,7 @@ def run_filter(detections, chunks, ref_exps, **filters):
     from groundforge.transforms.grounding import filter_settings
 
     settings = Settings("grit", "train", "florence2", 0, ("grounded_caption", "rec"), "detector", "owl",
-                        dict(filter_settings(**filters)), frozenset(), 10 ** 8)
+                        dict(filter_settings(**filters)), frozenset(), 10 ** 8, None, keep_all_boxes)
     caption = "a dog on a red couch near a cat"
     item = {"source": "s#0", "key": "k", "image_id": "7", "caption": caption, "file_name": None, "image": b"jpeg",
             "width": 100, "height": 100, "image_sha256": "0" * 64, "meta": {}, "chunks": chunks,
@@ -696,12 +698,29 @@ def test_filters_on_injected_detections_count_every_drop():
         "a dog on a red couch near a cat", [[10.0, 10.0, 40.0, 40.0]])
     [row] = out["annotations"]
     assert row["noun_chunks"] == [[0.0, 5.0, 0.1, 0.1, 0.4, 0.4, 0.9], [26.0, 31.0, 0.6, 0.4, 0.7, 1.0, 0.9]]
-    assert row["ref_exps"] == [[0.0, 31.0, 0.1, 0.1, 0.4, 0.4, 0.9]]
+    # the GRIT-20M row keeps one expression per grounded chunk, nested ones included (as released GRIT-20M does);
+    # only the rec records above keep the outermost
+    assert row["ref_exps"] == [[0.0, 31.0, 0.1, 0.1, 0.4, 0.4, 0.9], [26.0, 31.0, 0.6, 0.4, 0.7, 1.0, 0.9]]
 
     # thresholds are flags: with score > 0.6 and no NMS the couch keeps two boxes
     loose = run_filter(dets, chunks, exps, score_threshold=0.6, nms_iou=None)
     couch = [o["bbox"] for o in loose["records"][0]["objects"] if o["label"] == "a red couch"]
     assert couch == [[11.0, 11.0, 41.0, 41.0], [50.0, 50.0, 90.0, 90.0]]
+
+
+def test_singular_phrase_keeps_its_best_detector_box():
+    """Default (no --keep-all-boxes): "a dog" is singular, so of its two boxes only the best stays (counted as
+    dropped_singular_extra_box), before NMS."""
+    chunks, exps = chunks_and_exps()
+    dets = [(0, [10, 10, 40, 40], 0.9), (0, [60, 60, 90, 90], 0.8), (2, [60, 5, 70, 30], 0.9)]
+    out = run_filter(dets, chunks, exps, keep_all_boxes=False)
+    assert ("dropped_singular_extra_box", 1) in out["stats"]
+    gc = out["records"][0]
+    assert [(o["label"], o["bbox"]) for o in gc["objects"]] == [("a dog", [10.0, 10.0, 40.0, 40.0]),
+                                                               ("a cat", [60.0, 5.0, 70.0, 30.0])]
+    both = run_filter(dets, chunks, exps, keep_all_boxes=True)
+    assert [o["bbox"] for o in both["records"][0]["objects"] if o["label"] == "a dog"] == [
+        [10.0, 10.0, 40.0, 40.0], [60.0, 60.0, 90.0, 90.0]]
 
 
 def test_expressions_are_reduced_after_grounding():

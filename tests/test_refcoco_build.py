@@ -72,7 +72,7 @@ def check_florence(rows, expected, florence):
         locs = florence(box, w, h)
         rec, reg = got[ref, expr, "rec"], got[ref, expr, "reg"]
         assert (rec["prompt"], rec["target"]) == (f"<OPEN_VOCABULARY_DETECTION>{expr}", f"{expr}{locs}")
-        assert (reg["prompt"], reg["target"]) == (f"<REGION_TO_DESCRIPTION>{locs}", expr)
+        assert (reg["prompt"], reg["target"]) == (f"<REGION_TO_DESCRIPTION>{locs}", f"{expr}{locs}")
         for row in (rec, reg):
             assert (row["image_id"], row["split"], row["width"], row["height"]) == (image_id, split, w, h)
             assert row["format"] == "florence2" and row["dataset"] == "refcoco"
@@ -314,8 +314,8 @@ def test_render_to_kosmos2(sample_out, tmp_path):
         a, b = coordinate_to_patch_index((x1 / w, y1 / h, x2 / w, y2 / h), 32)
         obj = f"<object><patch_index_{a:04d}><patch_index_{b:04d}></object>"
         if row["task"] == "rec":
-            assert (row["prompt"], row["target"]) == (f"<grounding><phrase>{expr}</phrase>", obj)
+            assert (row["prompt"], row["target"]) == (f"<grounding><phrase> {expr}</phrase>", obj)
         else:
-            assert (row["prompt"], row["target"]) == (f"<grounding><phrase>It</phrase>{obj} is", expr)
+            assert (row["prompt"], row["target"]) == (f"<grounding><phrase> It</phrase>{obj} is", expr)
         assert row["format"] == "kosmos2" and row["image_sha256"] == before[key]["image_sha256"]
     run_cli(["validate", k2])

@@ -157,18 +157,6 @@ def image_records(base: dict, image_counts: ImageCounts, classes: list[str], dat
     return ImageRecords(records, skipped, +stats)
 
 
-def counting_records(base: dict, image_counts: ImageCounts, classes: list[str], dataset: str,
-                     source_meta: dict, **options) -> tuple[list[dict], list[dict]]:
-    """Deprecated shape of `image_records`: (records, one reject row per skipped class), as the builder used it
-    before skipped classes became stats. Kept so the current builder runs unchanged until it moves to
-    `image_records`; `options` are image_records' keyword options."""
-    out = image_records(base, image_counts, classes, dataset, source_meta, **options)
-    image_id = base["image_id"]
-    rows = [reject(f"image:{image_id}", "counting", why, f"no counting question covers {name!r}")
-            for name, why in out.skipped]
-    return out.records, rows
-
-
 # --- --class-names -------------------------------------------------------------------------------------------
 
 def load_class_names(text: str, source: str = "--class-names") -> dict[str, ClassName]:

@@ -357,7 +357,6 @@ class _Tokens:
             return False
         dets = [self.word(i) for i in range(start, head)
                 if self.head[i] == head and self.dep[i] in (self.sym["det"], self.sym["nummod"])]
-        possessive = any(self.head[i] == head and self.dep[i] == self.sym["poss"] for i in range(start, head))
         if self.lemma(head) in MASS_NOUNS or self.word(head) in MASS_NOUNS:
             return any(d in _COUNTING_DETERMINERS for d in dets)
         if any(d not in SINGULAR_DETERMINERS for d in dets):

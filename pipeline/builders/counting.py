@@ -24,7 +24,7 @@ from groundforge.pipeline.readers.coco import image_items, load_image, parse_coc
 from groundforge.pipeline.readers.common import canonical_image_id, read_exclude_images
 from groundforge.pipeline.sample import SAMPLE_DIR
 from groundforge.pipeline.writer import image_groups
-from groundforge.transforms.counting import Categories, count_image, counting_records
+from groundforge.transforms.counting import Categories, count_image, image_records, load_class_names
 from groundforge.transforms.images import ImageError
 from groundforge.transforms.paths import PathError
 
@@ -41,12 +41,20 @@ class CountingConfig(BuildConfig):
     dataset: str = option("counting", "Dataset name of the records.")
     image_mode: str = option("embed", "Embed image bytes, or keep only file names relative to --images (very "
                              "large sets).", type=click.Choice(IMAGE_MODES))
+    class_names: str | None = option(None, "JSON file mapping source class names to display names, e.g. "
+                                     "{\"8\": \"eight ball\", \"minus\": {\"name\": \"minus sign\", \"plural\": "
+                                     "\"minus signs\"}}.", type=click.Path(exists=True, dir_okay=False),
+                                     show_default=False)
+    max_zero_ratio: float = option(0.5, "Per image, at most this share of count_class questions may have the answer "
+                                   "0 (seeded choice; the rest are counted as count_class_zero_dropped); 1 keeps all.",
+                                   type=click.FloatRange(0, 1))
 
 
 class Plan(NamedTuple):
     coco: str
     images: str
     exclude: frozenset
+    class_names: dict
 
 
 class ExpandCoco(beam.DoFn):
@@ -66,6 +74,7 @@ class CountingFn(beam.DoFn):
     def __init__(self, config: CountingConfig, plan: Plan):
         self.c = config
         self.plan = plan
+        self.options = config.format_options()
         self.images_read = Metrics.counter("groundforge", "images_read")
         self.rejected = Metrics.counter("groundforge", "rejected")
 
@@ -97,12 +106,13 @@ class CountingFn(beam.DoFn):
                 "image_sha256": info.sha256, "image": image}
         meta = {"source": item["source"], "file_name": entry["file_name"], "builder": "counting",
                 "license": entry.get("license")}
-        records, skipped = counting_records(base, counts, cats.classes, c.dataset, meta)
-        for row in skipped:
-            yield self._count(beam.pvalue.TaggedOutput(REJECTS, row))
+        out = image_records(base, counts, cats.classes, c.dataset, meta, class_names=self.plan.class_names,
+                            max_zero_ratio=c.max_zero_ratio, seed=c.seed)
+        for name, n in sorted(out.stats.items()):
+            yield stat(name, n)
         done = []
-        for record in records:
-            out = render_or_reject(record, c.format, c.seed)
+        for record in out.records:
+            out = render_or_reject(record, c.format, c.seed, options=self.options)
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield self._count(out)
             else:
@@ -131,7 +141,13 @@ class CountingBuilder(Builder):
             coco, images = str(SAMPLE_DIR / "instances.json"), images or str(SAMPLE_DIR / "images")
         if images is None:
             images = os.path.dirname(os.path.abspath(coco))
-        return Plan(coco, images, read_exclude_images(config.exclude_images))
+        class_names = {}
+        if config.class_names:
+            try:
+                class_names = load_class_names(fs.read_bytes(config.class_names).decode("utf-8"), config.class_names)
+            except (ValueError, UnicodeDecodeError) as err:
+                raise click.BadParameter(str(err), param_hint="--class-names") from None
+        return Plan(coco, images, read_exclude_images(config.exclude_images), class_names)
 
     def expand(self, p, config: CountingConfig, plan: Plan) -> Outputs:
         expanded = (p | "CocoFile" >> beam.Create([plan.coco])

@@ -133,6 +133,7 @@ class RefImageFn(beam.DoFn):
         self.tasks = plan.tasks
         self.fmt = config.format
         self.seed = config.seed
+        self.options = config.format_options()
         self.exclude = plan.exclude
         self.max_pixels = config.max_pixels
         self.image_mode = config.image_mode
@@ -188,7 +189,7 @@ class RefImageFn(beam.DoFn):
                     meta={"builder": NAME, "layout": self.layout, "source": item["source"],
                           "ref_id": item["ref_id"], "ann_id": item["ann_id"], "sentence_index": index,
                           "file_name": item["file_name"], "license": LICENSE_NOTE})
-                yield render_or_reject(record, self.fmt, self.seed, f"{item['source']} {task}")
+                yield render_or_reject(record, self.fmt, self.seed, f"{item['source']} {task}", self.options)
 
     def _image(self, item: dict, data: bytes) -> dict:
         # Embedded inputs have no file to point to, so their bytes are kept even with --image-mode path.

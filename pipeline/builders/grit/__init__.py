@@ -64,13 +64,17 @@ from groundforge.transforms.grounding import (
     NMS_IOU,
     SCORE_THRESHOLD,
 )
-from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL
+from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL, parse_word_list
 
 
-def parse_abstract_nouns(value: str | None) -> frozenset:
-    if value is None:
+def read_abstract_nouns(path: str | None) -> frozenset:
+    """The non-visual heads never grounded: the packaged list, or the --abstract-nouns FILE replacing it."""
+    if path is None:
         return ABSTRACT_NOUNS
-    return frozenset(w.strip().lower() for w in value.split(",") if w.strip())
+    try:
+        return parse_word_list(fs.read_bytes(path).decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise click.BadParameter(f"{path}: {err}", param_hint="--abstract-nouns") from None
 
 
 def _check_file(path: str | None, option: str) -> None:
@@ -158,8 +162,14 @@ class GritConfig(BuildConfig):
                                      show_default=False)
     spacy_model: str = option(DEFAULT_MODEL, "spaCy pipeline: a package name or a local directory.")
     spacy_batch_size: int = option(256, "Captions per spaCy batch.", type=click.IntRange(1))
-    abstract_nouns: str | None = option(None, "Comma list replacing the Kosmos-2 abstract nouns that are never "
-                                        "grounded ('' keeps all).", show_default=False)
+    abstract_nouns: str | None = option(None, "File of noun-chunk heads never grounded (one per line, # comments, "
+                                        "'word of' = a collective head whose expression goes to the noun after "
+                                        "'of'); replaces the packaged list; an empty file keeps every chunk.",
+                                        type=click.Path(exists=True, dir_okay=False), show_default=False)
+    keep_all_boxes: bool = option(False, "A singular phrase ('a dog') keeps every matching box. Off: with "
+                                  "annotations it is dropped when its category has several boxes "
+                                  "(dropped_ambiguous_singular); with a detector it keeps its best box "
+                                  "(dropped_singular_extra_box).", flag=True)
     score_threshold: float = option(SCORE_THRESHOLD, "Keep boxes scoring above this.", type=float)
     nms_iou: float = option(NMS_IOU, "NMS across all chunks of an image (1 keeps everything).",
                             type=click.FloatRange(0, 1))
@@ -219,8 +229,9 @@ class GritBuilder(Builder):
         filters = {"score_threshold": c.score_threshold, "nms_iou": c.nms_iou, "max_area_frac": c.max_box_area,
                    "min_side": c.min_box_side, "min_area_frac": c.min_box_area}
         settings = Settings(c.dataset, c.split, c.format, c.seed, tasks, grounder,
-                            c.model if grounder in ("detector", "florence2") else None, filters, exclude, c.max_pixels)
-        return GritPlan(source, settings, Text(c.spacy_model, c.spacy_batch_size, parse_abstract_nouns(c.abstract_nouns)),
+                            c.model if grounder in ("detector", "florence2") else None, filters, exclude, c.max_pixels,
+                            c.format_options(), c.keep_all_boxes)
+        return GritPlan(source, settings, Text(c.spacy_model, c.spacy_batch_size, read_abstract_nouns(c.abstract_nouns)),
                         Grounding(c.device, c.dtype, c.batch_size, c.trust_remote_code, c.accelerator),
                         Balance(c.balance_min_count, c.balance_max_per_phrase, c.seed) if c.balance_concepts else None)
 

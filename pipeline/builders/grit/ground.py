@@ -62,11 +62,15 @@ class LoadImageFn(beam.DoFn):
         raise ImageError("missing_image", safe_join(self.images, names[0]))
 
 
-def _ground_annotations(item):
+def _ground_annotations(item, keep_all_boxes: bool):
+    from collections import Counter
+
     from groundforge.transforms.grounding import ground_with_annotations
 
-    detections = ground_with_annotations(item["chunks"], item["annotations"] or [])
-    return {**item, "detections": [tuple(d) for d in detections]}
+    drops = Counter()
+    detections = ground_with_annotations(item["chunks"], item["annotations"] or [], drops=drops,
+                                         keep_ambiguous=keep_all_boxes)
+    return {**item, "detections": [tuple(d) for d in detections], "ground_drops": dict(drops)}
 
 
 def _grounding_element(item):
@@ -93,7 +97,7 @@ def make_handler(grounder: str, model: str, grounding: Grounding, min_score: flo
 def ground(items, settings: Settings, grounding: Grounding):
     """items -> (items with `detections`, reject PCollection or None)."""
     if settings.grounder == "annotations":
-        return items | "GroundAnnotations" >> beam.Map(_ground_annotations), None
+        return items | "GroundAnnotations" >> beam.Map(_ground_annotations, settings.keep_all_boxes), None
     from apache_beam.ml.inference.base import RunInference
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 

@@ -5,7 +5,7 @@ import apache_beam as beam
 from groundforge.pipeline.builders.grit.plan import ANNOTATIONS, NAME, Settings
 from groundforge.pipeline.emit import rejected, render_or_reject, stat
 from groundforge.pipeline.writer import grouped_outputs
-from groundforge.transforms.grit import RowError, grit_row, parse_grit_row
+from groundforge.transforms.grit import RowError, grit_row, grounded_expressions, parse_grit_row, record_expressions
 from groundforge.transforms.nounphrases import RefExp, not_contained
 from groundforge.transforms.records import make_object, make_record, record_id
 
@@ -32,12 +32,14 @@ class _PairOutputs(beam.DoFn):
     def __init__(self, settings: Settings):
         self.s = settings
 
-    def outputs(self, item, chunks: list, exps: list):
-        """chunks / exps: [(start_char, end_char, text, [(pixel xyxy, score), ...])] in caption order.
-        The pair's records leave as one image group (see pipeline.writer.image_groups)."""
-        return grouped_outputs(self._pair_outputs(item, chunks, exps))
+    def outputs(self, item, chunks: list, exps: list, record_exps: list):
+        """chunks / exps: [(start_char, end_char, text, [(pixel xyxy, score), ...])] in caption order. `exps` go
+        into the GRIT-20M annotation row (nested ones included, as released GRIT-20M keeps them); `record_exps`
+        (the outermost ones, the Kosmos-2 rule) become `rec` records. The pair's records leave as one image group
+        (see pipeline.writer.image_groups)."""
+        return grouped_outputs(self._pair_outputs(item, chunks, exps, record_exps))
 
-    def _pair_outputs(self, item, chunks: list, exps: list):
+    def _pair_outputs(self, item, chunks: list, exps: list, record_exps: list):
         s = self.s
         yield beam.pvalue.TaggedOutput(ANNOTATIONS,
                                        annotation_row(record_id(s.dataset, s.split, item["key"]), item, chunks, exps))
@@ -54,14 +56,15 @@ class _PairOutputs(beam.DoFn):
                                            task="grounded_caption", objects=objects, caption=item["caption"],
                                            meta=meta, **base), item)
         if "rec" in s.tasks:
-            for start, end, text, boxes in exps:
+            for start, end, text, boxes in record_exps:
                 objects = [make_object(text, box, score, (0, len(text))) for box, score in boxes]
                 yield self._render(make_record(
                     id=record_id(s.dataset, s.split, item["key"], "rec", start, end), task="rec", objects=objects,
                     caption=text, meta={**meta, "caption": item["caption"], "span": [start, end]}, **base), item)
 
     def _render(self, record, item):
-        return render_or_reject(record, self.s.fmt, self.s.seed, f"{item['source']} {record['task']}")
+        return render_or_reject(record, self.s.fmt, self.s.seed, f"{item['source']} {record['task']}",
+                                self.s.options)
 
 
 class FilterFn(_PairOutputs):
@@ -69,21 +72,27 @@ class FilterFn(_PairOutputs):
     a surviving box are counted (`pairs_without_box`); the rest become annotation rows and records."""
 
     def process(self, item):
-        from groundforge.transforms.grounding import filter_detections
+        from collections import Counter
 
+        from groundforge.transforms.grounding import filter_detections, singular_chunks
+
+        singular = None if self.s.keep_all_boxes else singular_chunks(item["chunks"])
         kept = filter_detections(item["detections"], item["width"], item["height"], n_chunks=len(item["chunks"]),
-                                 **self.s.filters)
-        for reason, n in sorted(kept.drops.items()):
+                                 singular=singular, **self.s.filters)
+        drops = Counter(item.get("ground_drops") or {}) + Counter(kept.drops)
+        for reason, n in sorted(drops.items()):
             yield stat(f"dropped_{reason}", n)
         if not kept.boxes:
             yield stat("pairs_without_box")
             return
         chunks = [(c.start_char, c.end_char, c.text, kept.boxes[i]) for i, c in enumerate(item["chunks"])
                   if i in kept.boxes]
-        exps = [(e.start_char, e.end_char, e.text, kept.boxes[e.chunk]) for e in item["ref_exps"]
-                if e.chunk in kept.boxes]
-        exps = [exps[i] for i in not_contained([(start, end) for start, end, _, _ in exps])]
-        yield from self.outputs(item, chunks, exps)
+
+        def spans(exps):
+            return [(e.start_char, e.end_char, e.text, kept.boxes[e.chunk]) for e in exps]
+
+        yield from self.outputs(item, chunks, spans(grounded_expressions(item["ref_exps"], kept.boxes)),
+                                spans(record_expressions(item["ref_exps"], kept.boxes)))
 
 
 def _grouped(objects: list, caption: str) -> list:
@@ -108,4 +117,6 @@ class GritRowFn(_PairOutputs):
         if not chunks:
             yield stat("pairs_without_box")
             return
-        yield from self.outputs(item, chunks, _grouped(parsed.ref_exps, item["caption"]))
+        exps = _grouped(parsed.ref_exps, item["caption"])
+        records = [exps[i] for i in not_contained([(start, end) for start, end, _, _ in exps])]
+        yield from self.outputs(item, chunks, exps, records)

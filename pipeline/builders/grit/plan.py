@@ -33,6 +33,8 @@ class Settings(NamedTuple):
     filters: dict               # transforms.grounding.filter_detections keyword arguments
     exclude: frozenset
     max_pixels: int
+    options: object = None      # transforms.formats FormatOptions
+    keep_all_boxes: bool = False  # a singular phrase keeps every box (off: one box, or dropped when ambiguous)
 
 
 class Grounding(NamedTuple):
