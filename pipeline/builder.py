@@ -50,6 +50,10 @@ class Builder:
     def builder_label(self, config, plan) -> str:
         return self.name
 
+    def input_paths(self, config, plan) -> list[str]:
+        """Local input files and folders: the output may not contain them (a glob matching its own shards)."""
+        return []
+
     def inputs(self, config, plan) -> dict:
         """Resolved input facts recorded in dataset_info.json's args beside the config (layout, ...)."""
         return {}

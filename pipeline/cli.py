@@ -3,10 +3,14 @@
 Commands are found by name and imported only when they run (or their help is asked for), so
 `groundforge --help` and `--version` load neither Beam, torch, transformers nor spaCy. `build <name>` commands are
 made from the builder registry (pipeline/registry.py) and each builder's config dataclass (pipeline/config.py).
+`run` is the console entry point and the one place that decides how errors are printed and which exit code a
+run ends with: 0 done, 1 a runtime error or nothing written, 2 a usage error, 130 interrupted.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import click
 from groundforge.pipeline import registry
@@ -93,5 +97,32 @@ def build():
     """Build a dataset (extra --options go to Beam: --runner DataflowRunner --project P --region R ...)."""
 
 
+def run(args: list[str] | None = None) -> None:
+    """The console entry point: one line per error, never a traceback (GROUNDFORGE_DEBUG=1 shows it)."""
+    try:
+        code = main.main(args, prog_name="groundforge", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except Exception as err:  # noqa: BLE001 - the one place that turns any failure into one line
+        if os.environ.get("GROUNDFORGE_DEBUG"):
+            raise
+        click.echo(f"error: {one_line(err)}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (Beam wraps worker errors in
+    multi-line texts)."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
 if __name__ == "__main__":
-    main()
+    run()

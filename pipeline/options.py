@@ -5,6 +5,52 @@ import os
 
 import click
 
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "SwitchingDirectRunner")
+
+
+def unknown_beam_args(args: list[str]) -> list[str]:
+    """The arguments that no Beam PipelineOptions class knows (Beam itself only logs and drops them)."""
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        _BeamArgumentParser,
+    )
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in _subclasses(PipelineOptions)}.values():
+        cls._add_argparse_args(parser)  # as PipelineOptions.get_all_options builds its parser
+    _, unknown = parser.parse_known_args(list(args))
+    return [a for a in unknown if a.startswith("-")]
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def check_beam_args(args: list[str], own_options: list[str]) -> None:
+    """A mistyped option (`--num-shardz 3`) must not be dropped silently: an argument that neither the command
+    nor Beam knows is a usage error, with the closest known name."""
+    import difflib
+
+    unknown = unknown_beam_args(args)
+    if not unknown:
+        return
+    name = unknown[0].split("=", 1)[0]
+    close = difflib.get_close_matches(name, own_options, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise click.UsageError(f"no such option: {name}{hint}; options that groundforge does not know go to Beam, and "
+                           "Beam does not know it either")
+
+
+def check_runner(name: str) -> None:
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(name)
+    except (ValueError, ImportError) as err:
+        raise click.BadParameter(f"unknown Beam runner {name!r} ({err})".split("\n")[0], param_hint="--runner") from None
+
 
 def pipeline_options(beam_args: list[str] | tuple[str, ...] = ()):
     """PipelineOptions from the extra CLI arguments.
@@ -24,7 +70,9 @@ def pipeline_options(beam_args: list[str] | tuple[str, ...] = ()):
     std = opts.view_as(StandardOptions)
     if not std.runner:
         std.runner = "DirectRunner"
-    if std.runner in ("DirectRunner", "BundleBasedDirectRunner", "FnApiRunner"):
+    elif isinstance(std.runner, str):
+        check_runner(std.runner)
+    if std.runner in LOCAL_RUNNERS:
         quiet_local_workers(opts, args)
         direct = opts.view_as(DirectOptions)
         if not _given(args, "direct_running_mode"):

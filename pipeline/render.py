@@ -70,6 +70,9 @@ class Renderer(Builder):
 
         return card_info_from(config.src)
 
+    def input_paths(self, config, plan) -> list[str]:
+        return [config.src]
+
     def builder_label(self, config, plan) -> str:
         return f"render({plan['info']['builder']})"
 

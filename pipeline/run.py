@@ -12,6 +12,7 @@ import apache_beam as beam
 from groundforge.pipeline import fs
 from groundforge.pipeline.config import recorded
 from groundforge.pipeline.options import pipeline_options
+from groundforge.pipeline.outdir import check_output, clear_previous, output_lock
 from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
 
 
@@ -21,10 +22,18 @@ def run(builder, config, beam_args=(), command: str | None = None) -> dict | Non
     config.format_options()  # refuse a bad combination before anything runs
     plan = builder.prepare(config)
     options = pipeline_options(beam_args)
+    check_output(config.out, builder.input_paths(config, plan))
     args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}
     if command:
         args["command"] = command
-    start_output(config.out)
+    with output_lock(config.out):
+        clear_previous(config.out)
+        start_output(config.out)
+        _run_pipeline(builder, config, plan, options, args)
+    return read_info(config.out)
+
+
+def _run_pipeline(builder, config, plan, options, args) -> None:
     with beam.Pipeline(options=options) as p:
         outs = builder.expand(p, config, plan)
         pcolls = {"groups": outs.groups,
@@ -35,7 +44,6 @@ def run(builder, config, beam_args=(), command: str | None = None) -> dict | Non
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
             args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
             card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
-    return read_info(config.out)
 
 
 def _flatten(p, pcolls: list, label: str):
@@ -54,10 +62,12 @@ def run_command(builder, config, beam_args) -> dict | None:
     import sys
 
     import click
-
     from groundforge.pipeline.card import command_line, display_command
+    from groundforge.pipeline.options import check_beam_args
 
-    info = run(builder, config, beam_args, command=display_command(command_line(click.get_current_context())))
+    ctx = click.get_current_context()
+    check_beam_args(beam_args, [opt for p in ctx.command.params for opt in p.opts if opt.startswith("--")])
+    info = run(builder, config, beam_args, command=display_command(command_line(ctx)))
     if info is None:
         click.echo(f"submitted; {fs.join(config.out, INFO_FILE)} will appear when the job finishes")
         return None

@@ -144,14 +144,17 @@ class _WriteShard(beam.DoFn):
         yield info
 
     def _drop_duplicates(self, rows):
+        """Rows sorted by id -> (one row per id, a reject per dropped row). Of rows sharing an id the smallest by
+        content is kept, so the result does not depend on the order a runner delivered them in."""
         kept, dupes = [], []
-        for row in rows:
-            if kept and kept[-1]["id"] == row["id"]:
-                same = kept[-1] == row
+        for same_id in _runs(rows, lambda r: r["id"]):
+            if len(same_id) > 1:
+                same_id.sort(key=_content_key)
+            kept.append(same_id[0])
+            for row in same_id[1:]:
+                same = row == same_id[0]
                 dupes.append(reject(f"record:{row['id']}", "write", "duplicate_record" if same else "duplicate_key",
                                     "identical record produced twice" if same else "two records share a key"))
-                continue
-            kept.append(row)
         return kept, dupes
 
 
@@ -163,8 +166,26 @@ class Table(NamedTuple):
     split: str = "train"           # file name prefix
 
 
+def _runs(rows: list, key) -> list[list]:
+    """Consecutive rows with the same key, as lists (rows are sorted by that key)."""
+    runs: list[list] = []
+    for row in rows:
+        if runs and key(runs[-1][0]) == key(row):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
+
+
+def _content_key(row: dict) -> str:
+    """A total order on rows by content (image bytes stand in through image_sha256 and path)."""
+    return json.dumps({k: (v if k != "image" else (v or {}).get("path")) for k, v in row.items()},
+                      sort_keys=True, default=repr)
+
+
 class _WriteTableShard(beam.DoFn):
-    """((split, index, count), rows) of one extra table -> shard info; rows with a repeated key are dropped."""
+    """((split, index, count), rows) of one extra table -> shard info; of rows with a repeated key the smallest by
+    content is kept and each other one becomes a `write/duplicate_key` reject (tagged DUPES)."""
 
     def __init__(self, directory: str, name: str, table: Table, row_group_bytes: int):
         self.directory = directory
@@ -174,12 +195,15 @@ class _WriteTableShard(beam.DoFn):
 
     def process(self, element):
         (split, index, count), items = element
-        rows, seen = [], set()
-        for row in sorted((r for r in items if r is not None), key=self.table.key):
-            key = self.table.key(row)
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
+        rows = []
+        for same_key in _runs(sorted((r for r in items if r is not None), key=self.table.key), self.table.key):
+            same_key.sort(key=_content_key)
+            rows.append(same_key[0])
+            for row in same_key[1:]:
+                same = row == same_key[0]
+                yield beam.pvalue.TaggedOutput(_WriteShard.DUPES, reject(
+                    f"{self.name}:{self.table.key(row)}", "write", "duplicate_record" if same else "duplicate_key",
+                    f"{self.name} row produced twice" if same else f"two {self.name} rows share a key"))
         info = write_shard(self.directory, self.name, (split, index, count), rows, self.table.schema,
                            self.row_group_bytes)
         yield {**info, "table": self.name}
@@ -238,7 +262,16 @@ class WriteDataset(beam.PTransform):
                            self.num_shards, self.target_bytes, "Data")
         written = grouped | "WriteData" >> beam.ParDo(
             _WriteShard(data_dir, "data", self.row_group_bytes)).with_outputs(_WriteShard.DUPES, main="shards")
-        all_rejects = (rejects, written[_WriteShard.DUPES]) | "AllRejects" >> beam.Flatten()
+        table_files, table_dupes = [], []
+        for name, table in self.tables.items():
+            table_groups = _sharded(pcolls[name], table.key, _json_size, lambda r, s=table.split: s,
+                                    None, self.target_bytes, f"Table_{name}_")
+            done = table_groups | f"WriteTable_{name}" >> beam.ParDo(_WriteTableShard(
+                fs.join(self.out_dir, name), name, table, self.row_group_bytes)).with_outputs(_WriteShard.DUPES,
+                                                                                              main="shards")
+            table_files.append(done.shards)
+            table_dupes.append(done[_WriteShard.DUPES])
+        all_rejects = (rejects, written[_WriteShard.DUPES], *table_dupes) | "AllRejects" >> beam.Flatten()
         reject_groups = _sharded(all_rejects, _reject_key, lambda r: 1, lambda r: "rejects",
                                  None, REJECTS_PER_SHARD, "Rej")
         reject_files = reject_groups | "WriteRejects" >> beam.ParDo(
@@ -246,12 +279,6 @@ class WriteDataset(beam.PTransform):
         reasons = (all_rejects | "ReasonKey" >> beam.Map(lambda r: (f"{r['stage']}/{r['reason']}", 1))
                    | "ReasonSum" >> beam.CombinePerKey(sum))
         stat_sums = stats | "StatSum" >> beam.CombinePerKey(sum)
-        table_files = []
-        for name, table in self.tables.items():
-            groups = _sharded(pcolls[name], table.key, _json_size, lambda r, s=table.split: s,
-                              None, self.target_bytes, f"Table_{name}_")
-            table_files.append(groups | f"WriteTable_{name}" >> beam.ParDo(
-                _WriteTableShard(fs.join(self.out_dir, name), name, table, self.row_group_bytes)))
         tables = (beam.pvalue.AsList(table_files | "AllTables" >> beam.Flatten(pipeline=groups.pipeline))
                   if table_files else [])
         return (

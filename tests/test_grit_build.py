@@ -393,7 +393,7 @@ def test_coco_reader_rejects_bad_instance_boxes_and_keys_captions_without_id(tmp
     (tmp_path / "i.json").write_text("{not json")  # the reject names the instances file, not only the captions
     [bad] = fn.process((str(tmp_path / "c.json"), str(tmp_path / "i.json")))
     assert (bad.value["source"], bad.value["reason"], bad.value["detail"]) == (
-        str(tmp_path / "c.json"), "unreadable_file", f"ValueError: {tmp_path / 'i.json'}: Expecting property name "
+        str(tmp_path / "c.json"), "malformed_json", f"{tmp_path / 'i.json'}: Expecting property name "
         "enclosed in double quotes: line 1 column 2 (char 1)")
 
 
@@ -583,8 +583,8 @@ def test_balance_concepts_matches_the_reference_selection(tmp_path):
 
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2, 3, 4)]
     animals = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "couch"}]
-    anns = [{"id": 10 + i, "image_id": i, "category_id": c, "bbox": [4.0 + 8 * c, 4.0, 12.0, 30.0], "iscrowd": 0}
-            for i in (1, 2, 3, 4) for c in (1, 2, 3)]
+    anns = [{"id": 10 * i + c, "image_id": i, "category_id": c, "bbox": [4.0 + 8 * c, 4.0, 12.0, 30.0], "iscrowd": 0}
+            for i in (1, 2, 3, 4) for c in (1, 2, 3)]  # unique annotation ids, as in COCO
     instances = write_coco(tmp_path, [dict(i) for i in images], anns, animals)
     texts = (["a dog on a couch"] * 2 + ["a brown dog"] * 6 + ["a cat near a dog"] * 2 + ["a black cat"] * 3
              + ["a red couch", "a cat"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Iterable
 
 BUILDER_VERSION = "0.1.0"
@@ -62,5 +63,11 @@ def rendered(record: dict, fmt: str, seed: int, options=None) -> dict:
     return {**record, "format": fmt, "prompt": out.prompt, "target": out.target, "meta": dumps_meta(meta)}
 
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
 def reject(source: str, stage: str, reason: str, detail: str = "") -> dict:
-    return {"source": str(source), "stage": stage, "reason": reason, "detail": str(detail)[:2000]}
+    """A reject row. Run-dependent text (a memory address in an exception message, e.g. PIL's
+    `<_io.BytesIO object at 0x7f...>`) is removed, so reruns write the same rejects."""
+    return {"source": str(source), "stage": stage, "reason": reason,
+            "detail": _ADDRESS.sub("", str(detail))[:2000]}

@@ -21,10 +21,19 @@ from groundforge.pipeline.emit import (
     stat,
 )
 from groundforge.pipeline.readers.coco import image_items, load_image, parse_coco
-from groundforge.pipeline.readers.common import canonical_image_id, read_exclude_images
+from groundforge.pipeline.readers.common import (
+    canonical_image_id,
+    public_source,
+    read_exclude_images,
+)
 from groundforge.pipeline.sample import SAMPLE_DIR
 from groundforge.pipeline.writer import image_groups
-from groundforge.transforms.counting import Categories, count_image, image_records, load_class_names
+from groundforge.transforms.counting import (
+    Categories,
+    count_image,
+    image_records,
+    load_class_names,
+)
 from groundforge.transforms.images import ImageError
 from groundforge.transforms.paths import PathError
 
@@ -104,7 +113,7 @@ class CountingFn(beam.DoFn):
         image = {"bytes": None if c.image_mode == "path" else data, "path": entry["file_name"]}
         base = {"split": c.split, "image_id": image_id, "width": info.width, "height": info.height,
                 "image_sha256": info.sha256, "image": image}
-        meta = {"source": item["source"], "file_name": entry["file_name"], "builder": "counting",
+        meta = {"source": public_source(item["source"]), "file_name": entry["file_name"], "builder": "counting",
                 "license": entry.get("license")}
         out = image_records(base, counts, cats.classes, c.dataset, meta, class_names=self.plan.class_names,
                             max_zero_ratio=c.max_zero_ratio, seed=c.seed)
@@ -148,6 +157,9 @@ class CountingBuilder(Builder):
             except (ValueError, UnicodeDecodeError) as err:
                 raise click.BadParameter(str(err), param_hint="--class-names") from None
         return Plan(coco, images, read_exclude_images(config.exclude_images), class_names)
+
+    def input_paths(self, config, plan: Plan) -> list[str]:
+        return [plan.coco]
 
     def expand(self, p, config: CountingConfig, plan: Plan) -> Outputs:
         expanded = (p | "CocoFile" >> beam.Create([plan.coco])

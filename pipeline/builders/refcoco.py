@@ -38,6 +38,7 @@ from groundforge.pipeline.readers.coco import load_image
 from groundforge.pipeline.readers.common import (
     ReaderError,
     holdout_text,
+    public_source,
     read_exclude_images,
     sort_image_ids,
 )
@@ -186,7 +187,7 @@ class RefImageFn(beam.DoFn):
                     dataset=item["dataset"], split=item["split"], task=task, image=image,
                     image_id=item["image_id"], width=info.width, height=info.height, image_sha256=info.sha256,
                     objects=[make_object(expr, box, 1.0, (0, len(expr)))], caption=expr,
-                    meta={"builder": NAME, "layout": self.layout, "source": item["source"],
+                    meta={"builder": NAME, "layout": self.layout, "source": public_source(item["source"]),
                           "ref_id": item["ref_id"], "ann_id": item["ann_id"], "sentence_index": index,
                           "file_name": item["file_name"], "license": LICENSE_NOTE})
                 yield render_or_reject(record, self.fmt, self.seed, f"{item['source']} {task}", self.options)
@@ -286,6 +287,10 @@ class RefcocoBuilder(Builder):
         if config.image_mode == "path" and source.layout == "lmms":
             click.echo("note: lmms rows embed their images; those stay embedded with --image-mode path")
         return Plan(source, tasks, exclude)
+
+    def input_paths(self, config, plan: Plan) -> list[str]:
+        s = plan.source
+        return [*s.files, s.refs_path or "", s.instances_path or ""]
 
     def inputs(self, config, plan: Plan) -> dict:
         return {"layout": plan.source.layout}

@@ -23,7 +23,6 @@ Hugging Face `{"bytes", "path"}` struct); img2dataset webdataset tar shards ({ke
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 import tarfile
 from typing import Any, Iterator
@@ -34,6 +33,7 @@ from groundforge.pipeline.readers.common import (
     Rejected,
     id_str,
     image_field,
+    loads_json,
     positive_int,
     rejected,
 )
@@ -142,7 +142,7 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: lis
     info: dict = {}
     if "json" in files:
         try:
-            info = json.loads(files["json"].decode("utf-8"))
+            info = loads_json(files["json"].decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             info = {}
         info = info if isinstance(info, dict) else {}
@@ -199,11 +199,17 @@ def coco_boxes(instances: dict) -> tuple[dict, list[dict]]:
     stage reject. Box values are checked against the image by the grounding filters."""
     names = {c.get("id"): c.get("name") for c in instances.get("categories") or [] if isinstance(c, dict)}
     out: dict = {}
-    rejects = []
+    rejects, seen = [], set()
     for ann in instances.get("annotations") or []:
         if not isinstance(ann, dict):
             rejects.append(reject(f"annotation:{ann!r}"[:200], "annotation", "bad_row", "not an object"))
             continue
+        if ann.get("id") is not None and _hashable(ann["id"]):
+            if ann["id"] in seen:  # the first one in file order counts, whatever the runner
+                rejects.append(reject(f"annotation:{ann['id']}", "annotation", "duplicate_annotation_id",
+                                      f"annotation id {ann['id']!r} appears more than once; the first is used"))
+                continue
+            seen.add(ann["id"])
         if ann.get("iscrowd"):
             continue
         where, name = f"annotation:{ann.get('id')}", names.get(ann.get("category_id"))
@@ -216,6 +222,10 @@ def coco_boxes(instances: dict) -> tuple[dict, list[dict]]:
             continue
         out.setdefault(ann.get("image_id"), []).append((name, box))
     return out, rejects
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (int, str, float)) and not isinstance(value, bool)
 
 
 def _xyxy(bbox: Any) -> list[float] | None:
@@ -232,8 +242,15 @@ def read_coco_captions(captions: dict, instances: dict | None, source: str) -> I
     """COCO captions (`images` + `annotations` with `caption`) -> one item per caption; with `instances`,
     each item carries its image's boxes for the annotations grounder. A caption without an `id` is keyed by
     its position in the file, so captions never share a record id."""
-    images = {img["id"]: img for img in captions.get("images") or []
-              if isinstance(img, dict) and {"id", "file_name"} <= set(img)}
+    images = {}
+    for img in captions.get("images") or []:
+        if isinstance(img, dict) and {"id", "file_name"} <= set(img) and _hashable(img["id"]):
+            if img["id"] in images:
+                yield rejected(f"{source}#image:{img['id']}", "duplicate_image_id",
+                               f"image id {img['id']!r} appears more than once; the first entry is used")
+                continue
+            images[img["id"]] = img
+    caption_ids: set = set()
     boxes = None
     if instances is not None:
         boxes, bad = coco_boxes(instances)
@@ -244,9 +261,15 @@ def read_coco_captions(captions: dict, instances: dict | None, source: str) -> I
             yield rejected(f"{source}#{index}", "missing_field", "caption annotation "
                                    "without a caption")
             continue
-        entry = images.get(ann.get("image_id"))
+        entry = images.get(ann.get("image_id")) if _hashable(ann.get("image_id")) else None
         ident = ann["id"] if ann.get("id") is not None else f"#{index}"
         where = f"caption:{ident}"
+        if ann.get("id") is not None:
+            if not _hashable(ann["id"]) or ann["id"] in caption_ids:
+                yield rejected(where, "duplicate_caption_id", "caption id appears more than once (or is not an id); "
+                               "the first caption with it is used")
+                continue
+            caption_ids.add(ann["id"])
         if entry is None:
             yield rejected(where, "unknown_image", f"image_id={ann.get('image_id')}")
             continue

@@ -5,11 +5,10 @@ out to one element per image with `image_items`.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.common import positive_int, rejected
+from groundforge.pipeline.readers.common import loads_json, positive_int, rejected
 from groundforge.transforms.counting import categories_from_coco
 from groundforge.transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
 from groundforge.transforms.paths import safe_join
@@ -19,7 +18,7 @@ from groundforge.transforms.records import reject
 def parse_coco(data: bytes, source: str):
     """-> (coco dict, None) or (None, reject row) for malformed JSON or a file that is not COCO."""
     try:
-        coco = json.loads(data)
+        coco = loads_json(data)
     except ValueError as exc:
         return None, reject(source, "read", "malformed_json", str(exc))
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
@@ -36,9 +35,14 @@ def image_items(coco: dict, source: str):
     Nothing is dropped silently: a non-object annotation, an image entry without a usable id or size, a
     repeated image id and an annotation on an unknown image are each a read reject; categories that
     cannot be used (missing keys, duplicate names) reject the whole file."""
-    annotations = []
+    annotations, ann_ids = [], set()
     for position, ann in enumerate(coco.get("annotations") or []):
-        if isinstance(ann, dict):
+        if isinstance(ann, dict) and _is_id(ann.get("id")) and ann["id"] in ann_ids:
+            yield rejected(f"{source}:annotation:{ann['id']}", "duplicate_annotation_id",
+                           f"annotation id {ann['id']!r} appears more than once; the first is counted")
+        elif isinstance(ann, dict):
+            if _is_id(ann.get("id")):
+                ann_ids.add(ann["id"])
             annotations.append(ann)
         else:
             yield rejected(f"{source}:annotation#{position}", "bad_row", f"not an object: {ann!r}")

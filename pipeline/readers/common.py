@@ -7,10 +7,34 @@ Builders turn a reader's output into Beam outputs with `pipeline.emit.read_outpu
 """
 from __future__ import annotations
 
+import json
+import os
+import re
 from typing import Any, Iterable, NamedTuple
 
 from groundforge.pipeline import fs
 from groundforge.transforms.records import reject
+
+
+def loads_json(data: str | bytes) -> Any:
+    """json.loads for input files: a document nested too deeply for the parser (a 6 KB file can hold a 3000-deep
+    list) is a ValueError like any other malformed JSON, never a RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def public_source(source: str) -> str:
+    """A source key as records keep it in meta: a local absolute path is cut to its file name (`/data/x/refs.p#3`
+    -> `refs.p#3`), so records neither leak the builder's file system nor change when the input folder moves."""
+    head, sep, tail = str(source).partition("#")
+    if head.startswith("/") or _WINDOWS_ABS.match(head):
+        head = os.path.basename(head.replace("\\", "/"))
+    return head + sep + tail
 
 
 class Rejected(NamedTuple):

@@ -13,7 +13,6 @@ Plain Python, no Beam transforms. Each reader yields ref items / read rejects as
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import re
@@ -24,6 +23,7 @@ from groundforge.pipeline.readers.common import (
     canonical_image_id,
     id_str,
     image_field,
+    loads_json,
     positive_int,
 )
 from groundforge.pipeline.readers.common import text_of as _text
@@ -153,7 +153,7 @@ def lmms_row_to_item(row: dict, *, dataset: str, split: str, source: str, bbox_f
 def _image_info(value: Any) -> dict:
     if isinstance(value, (str, bytes)):
         try:
-            value = json.loads(value)
+            value = loads_json(value)
         except ValueError:
             return {}
     return _str_keys(value) if isinstance(value, dict) else {}

@@ -13,7 +13,6 @@ raises on one bad row. A bad configuration (unknown dataset, missing file, hosti
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import pickle
@@ -27,6 +26,7 @@ from groundforge.pipeline.readers.common import (  # noqa: F401  (re-exported: t
     canonical_image_id,
     holdout_text,
     id_str,
+    loads_json,
     parse_exclude_images,
     positive_int,
     read_exclude_images,
@@ -201,7 +201,7 @@ def bbox_to_xyxy(value: Any, fmt: str) -> list[float]:
     """4 finite numbers in `fmt` ("xywh" or "xyxy") -> xyxy floats. Raises _Reject("bad_bbox")."""
     if isinstance(value, (str, bytes)):
         try:
-            value = json.loads(value)
+            value = loads_json(value)
         except ValueError:
             raise _Reject("bad_bbox", f"not a list of 4 numbers: {value!r}") from None
     if not isinstance(value, (list, tuple)) or len(value) != 4:
@@ -234,7 +234,7 @@ def sentence_texts(value: Any) -> list[str]:
         text = _text(value)
         if text is not None and text.lstrip().startswith("["):
             try:
-                value = json.loads(text)
+                value = loads_json(text)
             except ValueError:
                 value = [text]
         else:
@@ -300,6 +300,7 @@ def holdout_image_ids(items: Iterable[dict]) -> list[str]:
 class ReferIndex(NamedTuple):
     images: dict[str, tuple[str | None, int | None, int | None]]   # image id -> (file_name, width, height)
     annotations: dict[str, tuple[str | None, Any]]                 # ann id -> (image id, raw bbox)
+    rejects: tuple = ()                                            # Rejected: repeated image / annotation ids
 
 
 def refer_paths(refer_dir: str, dataset: str, split_by: str) -> tuple[str, str]:
@@ -322,24 +323,30 @@ def load_instances(path: str) -> ReferIndex:
     """Index instances.json by image id and annotation id (string ids, canonical for images)."""
     try:
         with fs.open_read(str(path)) as f:
-            data = json.load(f)
+            data = loads_json(f.read())
     except ValueError as exc:
         raise ReaderError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise ReaderError(f"{path}: expected a COCO instances file with 'images' and 'annotations' lists")
-    images = {}
+    images, rejects = {}, []
     for img in data["images"]:
         image_id = canonical_image_id(img.get("id")) if isinstance(img, dict) else None
-        if image_id is not None:
+        if image_id in images:  # the first entry in file order stays, whatever the runner
+            rejects.append(rejected(f"{path}#image:{image_id}", "duplicate_image_id",
+                                    f"image id {image_id} appears more than once; the first entry is used"))
+        elif image_id is not None:
             images[image_id] = (_text(img.get("file_name")), positive_int(img.get("width")),
                                 positive_int(img.get("height")))
     annotations = {}
     for ann in data["annotations"]:
         ann_id = id_str(ann.get("id")) if isinstance(ann, dict) else None
-        if ann_id is not None:
+        if ann_id in annotations:
+            rejects.append(rejected(f"{path}#annotation:{ann_id}", "duplicate_annotation_id",
+                                    f"annotation id {ann_id} appears more than once; the first entry is used"))
+        elif ann_id is not None:
             annotations[ann_id] = (canonical_image_id(ann.get("image_id")), ann.get("bbox"))
-    return ReferIndex(images, annotations)
+    return ReferIndex(images, annotations, tuple(rejects))
 
 
 def load_refs(path: str) -> list:
@@ -399,6 +406,7 @@ def read_refer_files(refs_path: str, instances_path: str, dataset: str) -> Itera
     item) for an unreadable or hostile pickle or an unusable instances.json."""
     refs = load_refs(refs_path)
     index = load_instances(instances_path)
+    yield from index.rejects
     for position, ref in enumerate(refs):
         yield ref_to_item(ref, index, dataset=dataset, source=ref_source(refs_path, ref, position))
 

@@ -12,12 +12,11 @@ import contextlib
 import csv
 import glob
 import io
-import json
 import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.readers.common import ReaderError
+from groundforge.pipeline.readers.common import ReaderError, loads_json
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".json": "json"}
@@ -142,7 +141,7 @@ def _iter_json(path: str) -> Iterator[Any]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)  # bytes: json detects UTF-8 (with or without BOM), -16, -32
+                yield loads_json(line)  # bytes: json detects UTF-8 (with or without BOM), -16, -32
             except ValueError as exc:  # UnicodeDecodeError included
                 yield BadRow("bad_json", f"{exc}: {line.decode('utf-8', 'replace').strip()[:80]!r}")
 
@@ -150,7 +149,7 @@ def _iter_json(path: str) -> Iterator[Any]:
 def _json_array(path: str, f) -> list:
     f.seek(0)
     try:
-        rows = json.loads(f.read())
+        rows = loads_json(f.read())
     except ValueError as exc:
         raise ReaderError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(rows, list):
@@ -163,7 +162,7 @@ def _whole_json_object(f) -> bool:
     f.seek(0)
     first_line = f.readline()
     try:
-        json.loads(first_line)
+        loads_json(first_line)
         return False
     except ValueError:
         return True

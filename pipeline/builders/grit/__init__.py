@@ -64,7 +64,11 @@ from groundforge.transforms.grounding import (
     NMS_IOU,
     SCORE_THRESHOLD,
 )
-from groundforge.transforms.nounphrases import ABSTRACT_NOUNS, DEFAULT_MODEL, parse_word_list
+from groundforge.transforms.nounphrases import (
+    ABSTRACT_NOUNS,
+    DEFAULT_MODEL,
+    parse_word_list,
+)
 
 
 def read_abstract_nouns(path: str | None) -> frozenset:
@@ -234,6 +238,9 @@ class GritBuilder(Builder):
         return GritPlan(source, settings, Text(c.spacy_model, c.spacy_batch_size, read_abstract_nouns(c.abstract_nouns)),
                         Grounding(c.device, c.dtype, c.batch_size, c.trust_remote_code, c.accelerator),
                         Balance(c.balance_min_count, c.balance_max_per_phrase, c.seed) if c.balance_concepts else None)
+
+    def input_paths(self, config, plan: GritPlan) -> list[str]:
+        return [p for f in plan.source.files for p in (f if isinstance(f, tuple) else (f,)) if p]
 
     def inputs(self, config, plan: GritPlan) -> dict:
         return {"input_kind": plan.source.kind, "grounder": plan.settings.grounder}

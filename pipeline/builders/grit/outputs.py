@@ -4,8 +4,15 @@ from __future__ import annotations
 import apache_beam as beam
 from groundforge.pipeline.builders.grit.plan import ANNOTATIONS, NAME, Settings
 from groundforge.pipeline.emit import rejected, render_or_reject, stat
+from groundforge.pipeline.readers.common import public_source
 from groundforge.pipeline.writer import grouped_outputs
-from groundforge.transforms.grit import RowError, grit_row, grounded_expressions, parse_grit_row, record_expressions
+from groundforge.transforms.grit import (
+    RowError,
+    grit_row,
+    grounded_expressions,
+    parse_grit_row,
+    record_expressions,
+)
 from groundforge.transforms.nounphrases import RefExp, not_contained
 from groundforge.transforms.records import make_object, make_record, record_id
 
@@ -46,7 +53,7 @@ class _PairOutputs(beam.DoFn):
         base = dict(dataset=s.dataset, split=s.split, image={"bytes": item["image"], "path": item["file_name"]},
                     image_id=item["image_id"], width=item["width"], height=item["height"],
                     image_sha256=item["image_sha256"])
-        meta = {"builder": NAME, "source": item["source"], "grounder": s.grounder or "grit20m", **item["meta"]}
+        meta = {"builder": NAME, "source": public_source(item["source"]), "grounder": s.grounder or "grit20m", **item["meta"]}
         if s.model:
             meta["model"] = s.model
         if "grounded_caption" in s.tasks:

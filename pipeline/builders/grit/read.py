@@ -3,7 +3,6 @@ held-out images)."""
 from __future__ import annotations
 
 import csv
-import json
 
 import apache_beam as beam
 import pyarrow as pa
@@ -16,7 +15,7 @@ from groundforge.pipeline.readers.captions import (
     read_grit20m,
     read_webdataset,
 )
-from groundforge.pipeline.readers.common import canonical_image_id
+from groundforge.pipeline.readers.common import canonical_image_id, loads_json
 from groundforge.transforms.codecs import find_special_tokens
 
 
@@ -29,6 +28,8 @@ class ReadCaptionsFn(beam.DoFn):
     def process(self, element):
         try:
             yield from read_outputs(self._rows(element), "captions_read")
+        except MalformedJson as exc:
+            yield reject(element[0], "read", "malformed_json", str(exc))
         except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:  # ValueError: UnicodeDecodeError too
             where = element[0] if isinstance(element, tuple) else element
             yield reject(where, "read", "unreadable_file", f"{type(exc).__name__}: {exc}")
@@ -47,13 +48,17 @@ class ReadCaptionsFn(beam.DoFn):
         return read_grit20m(element)
 
 
+class MalformedJson(ValueError):
+    """A COCO captions or instances file that is not JSON: one `read/malformed_json` reject for the file."""
+
+
 def _json_file(path: str, *lists: str) -> dict:
     """A JSON object with the given list fields. Errors name the file: the reject's source is the captions
     file even when the instances file is the bad one."""
     try:
-        data = json.loads(fs.read_bytes(path))
+        data = loads_json(fs.read_bytes(path))
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise MalformedJson(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise ValueError(f"{path}: expected a JSON object with {', '.join(repr(k) for k in lists)} lists")
     return data
