@@ -109,18 +109,7 @@ class ExpandCoco(beam.DoFn):
 
 
 def load_image(images_root: str, file_name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Read and check one image under the root -> (bytes to store, ImageInfo).
+    """pipeline.image_files.load_image with the default byte cap (kept here for the builders that import it)."""
+    from groundforge.pipeline.image_files import load_image as load
 
-    Raises PathError or ImageError (reasons: absolute_path, path_traversal, link_escapes_root,
-    missing_image, unreadable_image (a directory, no permission, ...), empty_image, undecodable_image,
-    truncated_image, decompression_bomb).
-    """
-    path = safe_join(images_root, file_name)
-    try:
-        data = fs.read_bytes(path)
-    except OSError as exc:  # existence is asked only on failure: one request per image on gs:// or s3://
-        if isinstance(exc, FileNotFoundError) or not fs.exists(path):
-            raise ImageError("missing_image", path) from None
-        raise ImageError("unreadable_image", f"{path}: {type(exc).__name__}") from None
-    return prepare_image(data, max_pixels)
-
+    return load(images_root, file_name, max_pixels)
