@@ -255,3 +255,24 @@ def same_boxes(got, want, tol=0.05) -> bool:  # float32 sigmoid round trip: ~1e-
     got, want = sorted(got, key=key), sorted(want, key=key)
     return len(got) == len(want) and all(
         all(abs(a - b) <= tol for a, b in zip(g, w)) for g, w in zip(got, want))
+
+
+def rewrite_shard(out: Path, change, index: int = 0) -> Path:
+    """Tamper with OUT/data's index-th shard consistently: rows = change(rows), written with the same schema,
+    and its sha256/rows updated in dataset_info.json (so only the content is wrong)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    info = info_of(out)
+    entry = info["shards"][index]
+    path = out / entry["file"]
+    table = pq.read_table(path)
+    rows = change(table.to_pylist())
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    info["rows"] += len(rows) - entry["rows"]
+    entry["rows"] = len(rows)
+    (out / "dataset_info.json").write_text(json.dumps(info))
+    return path
