@@ -7,7 +7,6 @@ import shutil
 import pytest
 
 from helpers import build_cli, info_of, jpeg_bytes, read_rows, rewrite_shard, run_cli, write_coco
-from groundforge.pipeline.validate import text_problems
 from groundforge.transforms.codecs import FORMATS
 from groundforge.transforms.records import make_object, make_record, rendered
 
@@ -182,6 +181,8 @@ RECORDS = [
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("task,caption,labels,meta", RECORDS)
 def test_rendered_records_have_no_token_problems(fmt, task, caption, labels, meta):
+    from groundforge.pipeline.validate import text_problems
+
     for seed in range(3):  # several templates
         row = rendered(_record(task, caption, labels, meta), fmt, seed)
         assert text_problems(row) == [], (row["prompt"], row["target"])
@@ -189,6 +190,8 @@ def test_rendered_records_have_no_token_problems(fmt, task, caption, labels, met
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tokens_injected_after_rendering_are_found(fmt):
+    from groundforge.pipeline.validate import text_problems
+
     row = rendered(_record("rec", "a red cup", ("a red cup",)), fmt, 0)
     other = "<loc_5>" if fmt != "florence2" else "<|box_start|>"
     bad = {**row, "prompt": row["prompt"] + other, "target": row["target"] + "<|im_end|>"}
