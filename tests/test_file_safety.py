@@ -12,7 +12,7 @@ from helpers import FAST_BEAM, jpeg_bytes, read_rows, run_cli, write_coco
 from groundforge.pipeline import fs
 from groundforge.pipeline.image_files import load_image, read_image_file
 from groundforge.transforms.images import DEFAULT_MAX_BYTES, ImageError
-from groundforge.transforms.paths import PathError
+from groundforge.transforms.paths import PathError, open_regular, read_capped, read_regular
 
 
 def _finishes(fn, timeout=10.0):
@@ -63,7 +63,7 @@ def test_fifo_given_to_fs_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "instances.json"
     os.mkfifo(fifo)
     for call in (lambda: fs.read_bytes(str(fifo)), lambda: fs.open_read(str(fifo)),
-                 lambda: fs.read_bytes(str(fifo), 100)):
+                 lambda: fs.read_bytes(str(fifo), 100), lambda: read_regular(str(fifo))):  # the last: for train/
         done, value, thread = _finishes(call)
         if not done:
             _unblock(fifo, thread)
@@ -133,11 +133,11 @@ def test_growing_file_is_cut_off_at_the_cap(tmp_path):
     """A file that grows after its size was checked is never read past max_bytes + 1."""
     path = tmp_path / "grow.bin"
     path.write_bytes(b"a" * 10)
-    f, size = fs._open_regular(str(path), 100)
+    f, size = open_regular(str(path), 100)
     with open(path, "ab") as w:
         w.write(b"b" * 1000)
     with pytest.raises(fs.FileTooLargeError) as err:
-        fs._read_capped(f, str(path), 100, size + 1)
+        read_capped(f, str(path), 100, size + 1)
     assert err.value.size == 101
     f.close()
 
