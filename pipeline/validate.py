@@ -143,6 +143,7 @@ def box_token_shapes(fmt: str) -> frozenset:
     return frozenset(_shape(t) for text in texts for t in find_special_tokens(text))
 
 
+@lru_cache(maxsize=4096)
 def _template_tokens(task: str, fmt: str, template_id) -> Counter | None:
     """Control tokens a prompt template writes itself (e.g. `<OD>`, `<grounding>`); None for an unknown
     task/format. An unknown template id allows what any template of the task and format writes."""
@@ -178,7 +179,8 @@ def text_problems(row: dict) -> list[str]:
         if tokens:
             problems.append(f"{field}: control tokens {', '.join(dict.fromkeys(tokens))}")
     task, fmt = row.get("task"), row.get("format")
-    template = _template_tokens(task, fmt, meta.get("template")) if fmt in FORMATS else None
+    template_id = meta.get("template") if isinstance(meta.get("template"), str) else None
+    template = _template_tokens(task, fmt, template_id) if fmt in FORMATS and isinstance(task, str) else None
     if template is None:
         return problems
     boxes = box_token_shapes(fmt)
