@@ -21,7 +21,6 @@ from collections import Counter
 
 import click
 
-from groundforge.pipeline import fs
 from groundforge.pipeline.shards import InfoError, iter_rows, listed_path, load_info
 from groundforge.transforms.codecs import find_special_tokens
 from groundforge.transforms.images import ImageError
@@ -32,7 +31,6 @@ FONT_PX = 14         # label font size in panel pixels (= CSS pixels)
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
            "#469990", "#800000", "#808000", "#000075"]
 SCAN_COLUMNS = ["id", "split", "task", "objects"]
-_BOX_TASKS = {"rec", "phrase_grounding", "grounded_caption", "detection", "reg"}
 
 
 class PreviewError(click.ClickException):

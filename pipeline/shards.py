@@ -13,7 +13,7 @@ import re
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.writer import INFO_FILE
-from groundforge.transforms.paths import PathError, safe_join
+from groundforge.transforms.paths import safe_join
 
 MAX_INFO_BYTES = 64 * 1024 * 1024
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
