@@ -23,7 +23,7 @@ def render(src: str, /, *, beam_args=(), **options) -> dict | None:
 
 
 def validate(out: str) -> list[str]:
-    from groundforge.pipeline.checks import validate_output
+    from groundforge.pipeline.validate import validate_output
 
     return validate_output(out)
 

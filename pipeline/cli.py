@@ -23,9 +23,9 @@ HELP = {"help_option_names": ["-h", "--help"]}
 COMMANDS = {
     "render": ("groundforge.pipeline.render:render_cmd",
                "Re-render an output's records for another model format (images and boxes untouched)."),
-    "validate": ("groundforge.pipeline.checks:validate_cmd",
+    "validate": ("groundforge.pipeline.validate:validate_cmd",
                  "Check every shard of an output against the schema and dataset_info.json."),
-    "preview": ("groundforge.pipeline.checks:preview_cmd",
+    "preview": ("groundforge.pipeline.preview:preview_cmd",
                 "Write an HTML gallery of sampled records with their boxes drawn."),
     "export": ("groundforge.pipeline.export:export_cmd",
                "Export an output to another trainer's layout (ms-swift, maestro, LLaVA, HF messages)."),

@@ -29,6 +29,31 @@ def option(default: Any = MISSING, help: str = "", *, type: Any = None, check: C
     return field(default=default, metadata=meta)
 
 
+class InputFile(click.Path):
+    """An existing local regular file (a FIFO or device would hang or flood a read), or any remote URL."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        import os
+        import stat
+
+        value = super().convert(value, param, ctx)
+        if "://" in str(value):
+            return value
+        try:
+            mode = os.stat(value).st_mode
+        except OSError:
+            self.fail(f"{value}: file not found", param, ctx)
+        if not stat.S_ISREG(mode):
+            self.fail(f"{value}: not a regular file", param, ctx)
+        return value
+
+
+INPUT_FILE = InputFile()
+
+
 def check_split(value: str | None) -> str | None:
     """A split name the Hub accepts (letters, digits, underscores, dots between words)."""
     if value is not None and not re.match(SPLIT_NAME, value):
@@ -68,10 +93,12 @@ class WriteConfig:
 class BuildConfig(WriteConfig):
     """Options every builder shares besides writing: decontamination and image limits."""
     exclude_images: str | None = option(None, "File of image ids (one per line) to drop, e.g. "
-                                        "OUT/holdout_image_ids.txt of a refcoco build.",
-                                        type=click.Path(exists=True, dir_okay=False), show_default=False)
+                                        "OUT/holdout_image_ids.txt of a refcoco build.", type=INPUT_FILE,
+                                        show_default=False)
     max_pixels: int = option(89_478_485, "Decompression-bomb limit: images with more pixels are rejected.",
                              type=click.IntRange(1))
+    max_image_bytes: int = option(64 * 1024 * 1024, "Byte cap of one image file or embedded image; larger ones are "
+                                  "rejected (image/too_large).", type=click.IntRange(1))
 
 
 def config_fields(cls) -> list[dataclasses.Field]:

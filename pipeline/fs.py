@@ -1,8 +1,24 @@
-"""File access through Beam's FileSystems, so local paths, gs:// and s3:// work the same on every runner."""
+"""File access through Beam's FileSystems, so local paths, gs:// and s3:// work the same on every runner.
+
+Local reads open only regular files (transforms.paths.open_regular): a FIFO, a device or a directory is
+refused (NotAFileError) instead of blocking or reading forever. `read_bytes(path, max_bytes)` reads at most
+`max_bytes` (FileTooLargeError beyond), locally and remotely.
+"""
 from __future__ import annotations
 
 import os
 import posixpath
+
+from groundforge.transforms.paths import (
+    FileTooLargeError,
+    NotAFileError,
+    open_regular,
+    read_capped,
+    read_regular,
+)
+
+__all__ = ["FileTooLargeError", "NotAFileError", "delete", "exists", "join", "match", "open_read", "read_bytes",
+           "write_bytes"]
 
 
 def join(base: str, *parts: str) -> str:
@@ -17,17 +33,24 @@ def _local(path: str) -> bool:
 
 def open_read(path: str):
     """A binary file object to read. Local paths open directly (the hot path for image files: no FileSystems
-    dispatch per call; a missing file raises FileNotFoundError); others through Beam's FileSystems."""
+    dispatch per call; a missing file raises FileNotFoundError, anything but a regular file NotAFileError);
+    others through Beam's FileSystems."""
     if _local(path):
-        return open(path, "rb")
+        return open_regular(path)[0]
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.open(path, compression_type="uncompressed")
 
 
-def read_bytes(path: str) -> bytes:
-    with open_read(path) as f:
-        return f.read()
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+    """The whole file; with `max_bytes`, FileTooLargeError for a larger one, never reading more than
+    max_bytes + 1 bytes (a file that grows after its size was checked, or a remote one, is cut off there)."""
+    if _local(path):
+        return read_regular(path, max_bytes)
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read() if max_bytes is None else read_capped(f, path, max_bytes)
 
 
 def exists(path: str) -> bool:
@@ -67,12 +90,3 @@ def delete(paths: list[str]) -> None:
 
     if paths:
         FileSystems.delete(paths)
-
-
-def mkdirs(path: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        FileSystems.mkdirs(path)
-    except OSError:
-        pass  # exists already

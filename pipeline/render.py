@@ -15,8 +15,9 @@ from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.config import FORMATS, WriteConfig, click_params, option
 from groundforge.pipeline.emit import REJECTS, STATS, render_or_reject, stat
-from groundforge.pipeline.shards import iter_rows, load_info, shard_paths
+from groundforge.pipeline.shards import InfoError, iter_rows, load_info, shard_paths
 from groundforge.pipeline.writer import HOLDOUT_FILE, Table, grouped_outputs
+from groundforge.transforms.paths import PathError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,8 @@ class Renderer(Builder):
 
         try:
             info = load_info(config.src)
-        except FileNotFoundError as err:
+            paths = shard_paths(config.src, info)
+        except (FileNotFoundError, InfoError, PathError) as err:
             raise click.BadParameter(str(err), param_hint="--in") from None
         tables = {}
         for name, table in sorted((info.get("tables") or {}).items()):
@@ -62,7 +64,7 @@ class Renderer(Builder):
                 split = table["files"][0]["file"].split("/", 1)[1].split("-", 1)[0]
                 tables[name] = (schema, split, files)
         holdout = fs.join(config.src, HOLDOUT_FILE)
-        return {"info": info, "paths": shard_paths(config.src, info), "tables": tables,
+        return {"info": info, "paths": paths, "tables": tables,
                 "holdout": fs.read_bytes(holdout) if fs.exists(holdout) else None}
 
     def card(self, config, plan):

@@ -319,3 +319,24 @@ def tiny_kosmos2_processor(words=(), prepend_scheme: str = "first"):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>")
     return Kosmos2Processor(image_processor=CLIPImageProcessorPil(), tokenizer=fast)
+
+
+def rewrite_shard(out: Path, change, index: int = 0) -> Path:
+    """Tamper with OUT/data's index-th shard consistently: rows = change(rows), written with the same schema,
+    and its sha256/rows updated in dataset_info.json (so only the content is wrong)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    info = info_of(out)
+    entry = info["shards"][index]
+    path = out / entry["file"]
+    table = pq.read_table(path)
+    rows = change(table.to_pylist())
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    info["rows"] += len(rows) - entry["rows"]
+    entry["rows"] = len(rows)
+    (out / "dataset_info.json").write_text(json.dumps(info))
+    return path

@@ -3,7 +3,8 @@ import hashlib
 import json
 
 import pytest
-from groundforge.pipeline.readers.coco import image_items, load_image
+from groundforge.pipeline.image_files import load_image
+from groundforge.pipeline.readers.coco import image_items
 from groundforge.transforms.counting import categories_from_coco, count_image
 from groundforge.transforms.images import ImageError
 from helpers import FAST_BEAM, jpeg_bytes, read_rows, reader_pairs, run_cli, write_coco
@@ -180,7 +181,7 @@ def test_unreadable_image_file_is_an_image_error(tmp_path):
     (tmp_path / "a_dir.jpg").mkdir()
     with pytest.raises(ImageError) as err:
         load_image(str(tmp_path), "a_dir.jpg")
-    assert (err.value.reason, err.value.detail) == ("unreadable_image", f"{tmp_path}/a_dir.jpg: IsADirectoryError")
+    assert (err.value.reason, err.value.detail) == ("not_a_file", f"{tmp_path}/a_dir.jpg: a directory, not a regular file")
 
 
 def test_image_mode_path(tmp_path):

@@ -1,12 +1,9 @@
 """Schema derivation and the dependency rules of DESIGN.md (transforms/ free of Beam; nothing imports pipeline)."""
 import json
-import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
-from groundforge import schemas, train, transforms
+from groundforge import schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 

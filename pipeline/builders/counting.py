@@ -10,7 +10,7 @@ import click
 from apache_beam.metrics import Metrics
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
-from groundforge.pipeline.config import BuildConfig, check_split, option
+from groundforge.pipeline.config import INPUT_FILE, BuildConfig, check_split, option
 from groundforge.pipeline.emit import (
     REJECTS,
     STATS,
@@ -20,7 +20,8 @@ from groundforge.pipeline.emit import (
     size_mismatch,
     stat,
 )
-from groundforge.pipeline.readers.coco import image_items, load_image, parse_coco
+from groundforge.pipeline.image_files import load_image
+from groundforge.pipeline.readers.coco import image_items, parse_coco
 from groundforge.pipeline.readers.common import (
     canonical_image_id,
     public_source,
@@ -43,7 +44,7 @@ IMAGE_MODES = ("embed", "path")
 @dataclass(frozen=True, kw_only=True)
 class CountingConfig(BuildConfig):
     coco: str | None = option(None, "COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped "
-                              "sample).", type=click.Path(exists=True, dir_okay=False), show_default=False)
+                              "sample).", type=INPUT_FILE, show_default=False)
     images: str | None = option(None, "Image directory that file_name resolves in (default: next to --coco / the "
                                 "sample).", type=click.Path(exists=True, file_okay=False), show_default=False)
     split: str = option("train", "Split name of the records.", check=check_split)
@@ -52,7 +53,7 @@ class CountingConfig(BuildConfig):
                              "large sets).", type=click.Choice(IMAGE_MODES))
     class_names: str | None = option(None, "JSON file mapping source class names to display names, e.g. "
                                      "{\"8\": \"eight ball\", \"minus\": {\"name\": \"minus sign\", \"plural\": "
-                                     "\"minus signs\"}}.", type=click.Path(exists=True, dir_okay=False),
+                                     "\"minus signs\"}}.", type=INPUT_FILE,
                                      show_default=False)
     max_zero_ratio: float = option(0.5, "Per image, at most this share of count_class questions may have the answer "
                                    "0 (seeded choice; the rest are counted as count_class_zero_dropped); 1 keeps all.",
@@ -98,7 +99,7 @@ class CountingFn(beam.DoFn):
             return
         source = f"image:{image_id}:{entry['file_name']}"
         try:
-            data, info = load_image(self.plan.images, entry["file_name"], c.max_pixels)
+            data, info = load_image(self.plan.images, entry["file_name"], c.max_pixels, c.max_image_bytes)
         except (ImageError, PathError) as err:
             yield self._count(rejected(source, "image", err))
             return

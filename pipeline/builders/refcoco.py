@@ -33,8 +33,8 @@ from groundforge.pipeline.emit import (
     size_mismatch,
     stat,
 )
+from groundforge.pipeline.image_files import load_image
 from groundforge.pipeline.options import check_dir, parse_tasks
-from groundforge.pipeline.readers.coco import load_image
 from groundforge.pipeline.readers.common import (
     ReaderError,
     holdout_text,
@@ -137,6 +137,7 @@ class RefImageFn(beam.DoFn):
         self.options = config.format_options()
         self.exclude = plan.exclude
         self.max_pixels = config.max_pixels
+        self.max_bytes = config.max_image_bytes
         self.image_mode = config.image_mode
 
     def process(self, element):
@@ -160,10 +161,10 @@ class RefImageFn(beam.DoFn):
 
     def _load(self, item: dict):
         if item["image_bytes"] is not None:
-            return prepare_image(item["image_bytes"], self.max_pixels)
+            return prepare_image(item["image_bytes"], self.max_pixels, self.max_bytes)
         if not self.images:
             raise ImageError("missing_image", f"{item['file_name']}: no --images directory was given")
-        return load_image(self.images, item["file_name"], self.max_pixels)
+        return load_image(self.images, item["file_name"], self.max_pixels, self.max_bytes)
 
     def _records(self, item: dict, data: bytes, info):
         known = (item["width"], item["height"])

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from groundforge.pipeline import fs
 from groundforge.pipeline.readers.common import loads_json, positive_int, rejected
 from groundforge.transforms.counting import categories_from_coco
-from groundforge.transforms.images import DEFAULT_MAX_PIXELS, ImageError, prepare_image
-from groundforge.transforms.paths import safe_join
 from groundforge.transforms.records import reject
 
 
@@ -91,21 +88,3 @@ def _image_entry_problem(entry, seen: dict) -> tuple[str, str] | None:
     if positive_int(entry["width"]) is None or positive_int(entry["height"]) is None:
         return "bad_size", f"width and height must be positive integers, got {entry['width']!r}x{entry['height']!r}"
     return None
-
-
-def load_image(images_root: str, file_name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Read and check one image under the root -> (bytes to store, ImageInfo).
-
-    Raises PathError or ImageError (reasons: absolute_path, path_traversal, link_escapes_root,
-    missing_image, unreadable_image (a directory, no permission, ...), empty_image, undecodable_image,
-    truncated_image, decompression_bomb).
-    """
-    path = safe_join(images_root, file_name)
-    try:
-        data = fs.read_bytes(path)
-    except OSError as exc:  # existence is asked only on failure: one request per image on gs:// or s3://
-        if isinstance(exc, FileNotFoundError) or not fs.exists(path):
-            raise ImageError("missing_image", path) from None
-        raise ImageError("unreadable_image", f"{path}: {type(exc).__name__}") from None
-    return prepare_image(data, max_pixels)
-

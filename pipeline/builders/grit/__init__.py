@@ -45,7 +45,7 @@ from groundforge.pipeline.builders.grit.plan import (
 )
 from groundforge.pipeline.builders.grit.read import ReadCaptionsFn, TextFn
 from groundforge.pipeline.builders.grit.text import text_stage
-from groundforge.pipeline.config import BuildConfig, check_split, option
+from groundforge.pipeline.config import INPUT_FILE, BuildConfig, check_split, option
 from groundforge.pipeline.emit import REJECTS, STATS
 from groundforge.pipeline.handlers.common import DEVICES, DTYPES
 from groundforge.pipeline.options import check_dir, parse_tasks
@@ -169,7 +169,7 @@ class GritConfig(BuildConfig):
     abstract_nouns: str | None = option(None, "File of noun-chunk heads never grounded (one per line, # comments, "
                                         "'word of' = a collective head whose expression goes to the noun after "
                                         "'of'); replaces the packaged list; an empty file keeps every chunk.",
-                                        type=click.Path(exists=True, dir_okay=False), show_default=False)
+                                        type=INPUT_FILE, show_default=False)
     keep_all_boxes: bool = option(False, "A singular phrase ('a dog') keeps every matching box. Off: with "
                                   "annotations it is dropped when its category has several boxes "
                                   "(dropped_ambiguous_singular); with a detector it keeps its best box "
@@ -262,7 +262,7 @@ class GritBuilder(Builder):
             balanced = items | "Balance" >> BalanceConcepts(plan.balance)
             items = balanced["items"]
             stats.append(balanced["stats"])
-        loaded = items | "LoadImages" >> beam.ParDo(LoadImageFn(source.images, settings.max_pixels)).with_outputs(
+        loaded = items | "LoadImages" >> beam.ParDo(LoadImageFn(source.images, settings.max_pixels, config.max_image_bytes)).with_outputs(
             REJECTS, STATS, main="items")
         rejects.append(loaded[REJECTS])
         stats.append(loaded[STATS])

@@ -9,7 +9,7 @@ from groundforge.pipeline.builders.grit.plan import (
     Settings,
 )
 from groundforge.pipeline.emit import rejected, size_mismatch, stat
-from groundforge.pipeline.readers.coco import load_image
+from groundforge.pipeline.image_files import load_image
 from groundforge.transforms.images import ImageError, prepare_image
 from groundforge.transforms.paths import PathError, safe_join
 
@@ -24,9 +24,10 @@ class LoadImageFn(beam.DoFn):
     and sha256. A size other than the input's is rejected, except for GRIT-20M rows whose image was resized
     with its aspect ratio kept (their boxes are normalised, so they scale with it)."""
 
-    def __init__(self, images: str | None, max_pixels: int):
+    def __init__(self, images: str | None, max_pixels: int, max_bytes: int | None = None):
         self.images = images
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
     def process(self, item):
         try:
@@ -47,7 +48,7 @@ class LoadImageFn(beam.DoFn):
     def _load(self, item):
         """-> (bytes, ImageInfo, the file name that was found or None for embedded bytes)."""
         if item["image_bytes"] is not None:
-            return (*prepare_image(item["image_bytes"], self.max_pixels), None)
+            return (*prepare_image(item["image_bytes"], self.max_pixels, self.max_bytes), None)
         if not self.images:
             raise ImageError("missing_image", f"{item['file_name']}: no --images directory was given")
         names = (item["file_name"], *item["alt_file_names"])
@@ -55,7 +56,7 @@ class LoadImageFn(beam.DoFn):
             safe_join(self.images, name)  # every candidate must stay inside the root, found or not
         for name in names:
             try:
-                return (*load_image(self.images, name, self.max_pixels), name)
+                return (*load_image(self.images, name, self.max_pixels, self.max_bytes), name)
             except ImageError as err:
                 if err.reason != "missing_image":
                     raise
