@@ -142,6 +142,12 @@ def box_token_shapes(fmt: str) -> frozenset:
     return frozenset(_shape(t) for text in texts for t in find_special_tokens(text))
 
 
+@lru_cache(maxsize=None)
+def reg_target_has_boxes(fmt: str) -> bool:
+    """Whether the format's `reg` answer carries the region's box (Florence-2 answers `text<loc_..>x4`)."""
+    return bool(find_special_tokens(get_codec(fmt).region_text("a", _SAMPLE_BOXES[:1], 100, 100)))
+
+
 @lru_cache(maxsize=4096)
 def _template_tokens(task: str, fmt: str, template_id) -> Counter | None:
     """Control tokens a prompt template writes itself (e.g. `<OD>`, `<grounding>`); None for an unknown
@@ -183,7 +189,8 @@ def text_problems(row: dict) -> list[str]:
     if template is None:
         return problems
     boxes = box_token_shapes(fmt)
-    for field, own, box_ok in (("prompt", template, task == "reg"), ("target", Counter(), task in _BOX_IN_TARGET)):
+    boxed_target = task in _BOX_IN_TARGET or (task == "reg" and reg_target_has_boxes(fmt))
+    for field, own, box_ok in (("prompt", template, task == "reg"), ("target", Counter(), boxed_target)):
         found = find_special_tokens(row.get(field) or "")
         extra = Counter(_shape(t) for t in found) - own
         bad = [t for t in found if _shape(t) in extra and not (box_ok and _shape(t) in boxes)]
