@@ -294,6 +294,9 @@ def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
             "--eval-num-beams", "1", "--log-every", "1", "--no-progress", "--device", "cpu", "--dtype", "fp32"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 0, result.output
+    final = result.output.strip().splitlines()[-1]
+    assert final.startswith("trained 2 steps in ") and ", final loss " in final
+    assert final.endswith(f"; model in {out / 'final'}")
     assert sorted(os.listdir(out / "checkpoints")) == ["step-00000002"]
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [line["step"] for line in lines] == [1, 2, 2]

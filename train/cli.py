@@ -77,7 +77,7 @@ def _setup_logging() -> None:
               "only transformers' native Florence-2 is used).")
 def train_command(**kw):
     """Fine-tune Florence-2 on groundforge shards rendered for `florence2`."""
-    from groundforge.train.loop import TrainConfig, train
+    from groundforge.train.loop import Interrupted, TrainConfig, train
 
     if kw["steps"] is not None and kw["epochs"] is not None:
         raise click.UsageError("give --steps or --epochs, not both")
@@ -90,8 +90,25 @@ def train_command(**kw):
         summary = train(TrainConfig(**kw))
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(128 + exc.signum) from None
     if "final" in summary:
-        click.echo(f"trained {summary['steps']} steps; model in {summary['final']}")
+        click.echo(final_line(summary))
+
+
+def final_line(summary: dict) -> str:
+    loss = "n/a" if summary.get("loss") is None else f"{summary['loss']:.4f}"
+    extra = "".join(f"; {k} {sum(v.values())} records" for k in ("skipped", "truncated") if summary.get(k))
+    return (f"trained {summary['steps']} steps in {_duration(summary.get('seconds', 0))}, final loss {loss}"
+            f"{extra}; model in {summary['final']}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @click.command("eval")

@@ -16,7 +16,8 @@ class Florence2Collator:
     `max_target_length` tokens are truncated; so are encoder inputs (image tokens first, then the prompt)
     longer than `max_source_length`. `with_labels=False` batches prompts only (generation).
 
-    The batch also carries `skipped` ({reason: n}, records the stream skipped before these samples) and the
+    The batch also carries `truncated` ({"prompt"|"target": n} records cut in this batch), `skipped`
+    ({reason: n}, records the stream skipped before these samples) and the
     resume position (`slot`, `pos`) of its last sample. A batch of only a stream's tail marker has
     `inputs` None.
 
@@ -39,13 +40,23 @@ class Florence2Collator:
         samples = [s for s in samples if not s.get(TAIL)]
         if not samples:
             return {"inputs": None, "ids": [], "records": [], "skipped": dict(skipped)}
-        limit = {"truncation": True, "max_length": self.max_source_length} if self.max_source_length else {}
         inputs = self.processor(text=[s["prompt"] for s in samples], images=[s["image"] for s in samples],
-                                padding="longest", return_tensors="pt", **limit)
+                                padding="longest", return_tensors="pt")
+        truncated = Counter()
+        if self.max_source_length and inputs["input_ids"].shape[1] > self.max_source_length:
+            # counted on the untruncated batch, then cut as the tokenizer cuts (its EOS kept)
+            lengths = inputs["attention_mask"].sum(1)
+            truncated["prompt"] = int((lengths > self.max_source_length).sum())
+            inputs = self.processor(text=[s["prompt"] for s in samples], images=[s["image"] for s in samples],
+                                    padding="longest", return_tensors="pt", truncation=True,
+                                    max_length=self.max_source_length)
         inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
         if self.with_labels:
-            inputs["labels"] = self.labels([s["target"] for s in samples])
-        batch = {"inputs": inputs, "ids": [s["id"] for s in samples], "skipped": dict(skipped)}
+            inputs["labels"], n = self.labels_and_truncated([s["target"] for s in samples])
+            if n:
+                truncated["target"] = n
+        batch = {"inputs": inputs, "ids": [s["id"] for s in samples], "skipped": dict(skipped),
+                 "truncated": dict(truncated)}
         if "_slot" in samples[-1]:
             batch["slot"] = samples[-1]["_slot"]
             batch["pos"] = samples[-1]["_pos"]
@@ -54,7 +65,15 @@ class Florence2Collator:
         return batch
 
     def labels(self, targets: list[str]):
-        tok = self.processor.tokenizer(targets, padding="longest", truncation=True,
-                                       max_length=self.max_target_length, return_tensors="pt",
+        return self.labels_and_truncated(targets)[0]
+
+    def labels_and_truncated(self, targets: list[str]):
+        """(labels, number of targets cut to max_target_length tokens)."""
+        tok = self.processor.tokenizer(targets, padding="longest", return_tensors="pt",
                                        return_token_type_ids=False)
-        return tok["input_ids"].masked_fill(tok["attention_mask"] == 0, IGNORE_INDEX)
+        n = int((tok["attention_mask"].sum(1) > self.max_target_length).sum())
+        if n:
+            tok = self.processor.tokenizer(targets, padding="longest", truncation=True,
+                                           max_length=self.max_target_length, return_tensors="pt",
+                                           return_token_type_ids=False)
+        return tok["input_ids"].masked_fill(tok["attention_mask"] == 0, IGNORE_INDEX), n

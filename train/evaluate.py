@@ -45,21 +45,25 @@ def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: in
 def eval_loader(sources, processor, *, batch_size: int, num_workers: int, image_root: str | None,
                 max_source_length: int | None = None):
     """One ordered pass over the shards (no shuffling), records kept for scoring."""
+    import torch
     from torch.utils.data import DataLoader
 
     from groundforge.train.collate import Florence2Collator
     from groundforge.train.data import EVAL_COLUMNS, ShardStream
+    from groundforge.train.loop import ignore_stop_signals
 
     ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root)
     collate = Florence2Collator(processor, with_labels=False, keep_records=True,
                                 max_source_length=max_source_length)
-    return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    # a seeded generator: the loader's base seed must not come from (and advance) the global RNG
+    return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals)
 
 
 def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=None, batch_size: int = 8,
              max_samples: int | None = None, num_beams: int = 3, max_new_tokens: int = 256,
              num_workers: int = 0, image_root: str | None = None, examples: int = 4,
-             info: dict | None = None) -> dict:
+             info: dict | None = None, progress: bool = True) -> dict:
     """Evaluate an already loaded model on `sources` ({name: [Unit]}); writes the report when `out`.
 
     Scores are summed as batches arrive; only the `examples` records per task that get drawn are kept.

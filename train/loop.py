@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -209,6 +210,18 @@ def save_checkpoint(path: str, *, model, processor, trainer_state: dict, data_st
     os.replace(tmp, path)
 
 
+def prune_stale_tmp(out: str) -> list[str]:
+    """Remove `step-N.tmp` folders left by a save that was killed; returns their names."""
+    root = os.path.join(out, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    stale = sorted(d for d in os.listdir(root) if d.startswith("step-") and d.endswith(".tmp"))
+    for d in stale:
+        log.warning("removing %s, left by an interrupted checkpoint save", os.path.join(root, d))
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    return stale
+
+
 def prune_checkpoints(out: str, keep: int) -> None:
     root = os.path.join(out, CHECKPOINTS)
     if keep <= 0 or not os.path.isdir(root):
@@ -216,6 +229,31 @@ def prune_checkpoints(out: str, keep: int) -> None:
     done = sorted(d for d in os.listdir(root) if d.startswith("step-") and not d.endswith(".tmp"))
     for d in done[:-keep]:
         shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- optimizer
+
+NO_DECAY_NAME = re.compile(r"(^|\.)bias$|norm", re.IGNORECASE)
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weights, none on biases and normalization parameters.
+
+    As transformers' Trainer (trainer_pt_utils.get_parameter_names / Trainer.get_decay_parameter_names):
+    a parameter is exempt when it belongs to a normalization module (LayerNorm, RMSNorm, GroupNorm, ...,
+    recognised by class name) or its name is a bias or mentions a norm."""
+    no_decay = set()
+    for mname, module in model.named_modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if is_norm or NO_DECAY_NAME.search(full):
+                no_decay.add(full)
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if name in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
 # ---------------------------------------------------------------- metrics log
@@ -376,30 +414,98 @@ def _build_model(cfg: TrainConfig, resume_dir: str | None):
     return model, processor
 
 
+DATA_KEYS = ("n_slots", "num_workers", "world_size", "batch_size", "seed", "units", "mix", "shuffle_buffer")
+OPTIM_KEYS = ("lr", "weight_decay", "warmup_steps", "schedule", "total_steps", "grad_accum", "max_grad_norm",
+              "freeze_vision", "lora_r", "lora_alpha", "lora_dropout")
+
+
+def optimisation_settings(cfg: TrainConfig, total_steps: int) -> dict:
+    """What the optimizer and scheduler state restored on --resume was built with."""
+    lora = {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout} if cfg.lora \
+        else {"lora_r": None, "lora_alpha": None, "lora_dropout": None}
+    return {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+            "warmup_steps": warmup_steps(cfg.warmup, total_steps), "schedule": cfg.schedule,
+            "total_steps": total_steps, "grad_accum": cfg.grad_accum, "max_grad_norm": cfg.max_grad_norm,
+            "freeze_vision": cfg.freeze_vision, **lora}
+
+
 def _check_resume(saved: dict, current: dict) -> None:
-    keys = ("n_slots", "num_workers", "world_size", "batch_size", "seed", "units", "mix", "shuffle_buffer")
-    diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError("--resume needs the data settings of the interrupted run (same shards, --mix, "
-                         f"--batch-size, --num-workers, --seed, --shuffle-buffer, world size): {detail}")
+    """--resume continues the interrupted run exactly, or refuses: a changed --lr would be silently
+    overridden by the restored scheduler, and --steps/--schedule/--warmup would bend the schedule mid-run.
+    (Checkpoints written before a key was recorded are not checked on that key.)"""
+    problems = []
+    for keys, what in ((DATA_KEYS, "data settings (same shards, --mix, --batch-size, --num-workers, --seed, "
+                                   "--shuffle-buffer, world size)"),
+                       (OPTIM_KEYS, "optimisation settings (--lr, --weight-decay, --warmup, --schedule, "
+                                    "--steps/--epochs, --grad-accum, --max-grad-norm, --freeze-vision, --lora-*)")):
+        diff = {k: (saved.get(k), current.get(k)) for k in keys
+                if k in saved and saved.get(k) != current.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            problems.append(f"the {what} of the interrupted run: {detail}")
+    if problems:
+        raise ValueError("--resume needs " + "; and ".join(problems) + ". To change them, start a new --out "
+                         "from the checkpoint's weights (--model OUT/checkpoints/step-N)")
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Preemption (SIGTERM) saves a checkpoint like Ctrl-C does."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(Exception):
+    """Training stopped at a step boundary on SIGTERM/SIGINT, after saving a checkpoint."""
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint else "nothing new to save"
+        super().__init__(f"stopped by {name} after step {step} ({where}); continue with --resume")
+
+
+class StopFlag:
+    """SIGTERM and SIGINT set a flag that the loop checks at step boundaries (agreed across ranks).
+
+    Raising from the handler (as KeyboardInterrupt) would land anywhere: inside save_pretrained, inside a
+    collective, or between optimizer.step() and the step counter (saving step N+1 weights labelled N).
+    A second SIGINT (Ctrl-C twice) still raises at once, without saving.
+    """
+
+    def __init__(self):
+        self.signum = 0
+
+    def handler(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, self.handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: a SIGTERM or Ctrl-C sent to the whole process group (timeout, Slurm,
+    `kill -TERM -PGID`, torchrun) must not kill the loader workers while the main process saves."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def agree_stop(signum: int, device, world_size: int) -> int:
+    """The stop signal if any rank got one (0 if none): every rank stops at the same step."""
+    if world_size == 1:
+        return signum
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([signum], device=device, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 class _Window:
@@ -449,24 +555,29 @@ class Trainer:
         self.workers = max(1, cfg.num_workers)
         _check_slots(self.sources, d.world_size, self.workers)
         self.total_steps = plan_steps(cfg, self.rows, d.world_size)
+        if d.main:
+            prune_stale_tmp(cfg.out)
+        barrier(d)
         self.resume_dir = _resume_dir(cfg)
         self.data_settings = {"n_slots": d.world_size * self.workers, "num_workers": self.workers,
                               "world_size": d.world_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
                               "units": units_digest(self.sources), "mix": self.weights,
                               "shuffle_buffer": cfg.shuffle_buffer}
+        self.optim_settings = optimisation_settings(cfg, self.total_steps)
 
         self.model, self.processor = _build_model(cfg, self.resume_dir)
         self.model.to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params, self.total_params = count_parameters(self.model)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, warmup_steps(cfg.warmup, self.total_steps),
                                         self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.step = 0
         self.position = DataPosition({}, 0, self.workers)
         self.skipped: Counter = Counter()
+        self.truncated: Counter = Counter()
         self._warn_skipped_at = 1
         if self.resume_dir:
             self._restore(self.resume_dir)
@@ -476,7 +587,7 @@ class Trainer:
 
         with open(os.path.join(path, DATA_STATE_FILE)) as f:
             data_state = json.load(f)
-        _check_resume(data_state, self.data_settings)
+        _check_resume(data_state, {**self.data_settings, **self.optim_settings})
         state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -493,51 +604,83 @@ class Trainer:
         cfg, d = self.cfg, self.d
         self._announce()
         net = self._ddp()
-        batches = iter(self._loader())
         self.metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, self.step)
         self.do_eval = bool(cfg.eval_every and cfg.eval_shards)
         self.eval_sources = _eval_sources(cfg) if d.main and self.do_eval else None
-        bar = _progress(cfg, d, self.step, self.total_steps)
+        self.started = time.time()
+        stop = StopFlag()
+        with stop.installed(), _quiet_transformers_bars():
+            batches = iter(self._loader())     # workers start with the stop handler, then ignore signals
+            bar = _progress(cfg, d, self.step, self.total_steps)
+            try:
+                self._loop(net, batches, bar, stop, on_step)
+            finally:
+                if bar is not None:
+                    bar.close()
+        if self.saved_at != self.step:
+            self.checkpoint()
+        return self._finish()
+
+    def _loop(self, net, batches, bar, stop: StopFlag, on_step) -> None:
+        cfg, d = self.cfg, self.d
         window = _Window()
-        saved_at = self.step
+        self.saved_at = self.step
+        self.last_loss = None
+        self._in_step = False
         try:
-            with _sigterm_as_interrupt():
-                while self.step < self.total_steps:
-                    micro = [self._next_batch(batches) for _ in range(cfg.grad_accum)]
-                    loss, grad_norm = train_step(
-                        net, [b["inputs"] for b in micro], optimizer=self.optimizer, scaler=self.scaler,
-                        params=self.params, device=self.device, amp_dtype=self.amp_dtype,
-                        max_grad_norm=cfg.max_grad_norm, world_size=d.world_size)
-                    lr = self.scheduler.get_last_lr()[0]
-                    self.scheduler.step()
-                    self.step += 1
-                    self.position.commit()
-                    ids = [i for b in micro for i in b["ids"]]
-                    loss = loss.item()
-                    window.add(loss, len(ids) * d.world_size)
-                    if bar is not None:
-                        bar.update(1)
-                    if self.step % max(1, cfg.log_every) == 0 or self.step == self.total_steps:
-                        self._log(window.record(self.step, lr, grad_norm, ids), bar)
-                        window = _Window()
-                    if on_step is not None:
-                        on_step(self.step, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "ids": ids})
-                    if cfg.save_every and self.step % cfg.save_every == 0:
-                        self.checkpoint()
-                        saved_at = self.step
-                    if self.do_eval and self.step % cfg.eval_every == 0:
-                        self._evaluate()
+            while self.step < self.total_steps:
+                micro = [self._next_batch(batches) for _ in range(cfg.grad_accum)]
+                # the step boundary: position and RNG are committed, no batch of this step is used yet
+                signum = agree_stop(stop.signum, self.device, d.world_size)
+                if signum:
+                    self._stop(signum)
+                self._in_step = True
+                loss, grad_norm = train_step(
+                    net, [b["inputs"] for b in micro], optimizer=self.optimizer, scaler=self.scaler,
+                    params=self.params, device=self.device, amp_dtype=self.amp_dtype,
+                    max_grad_norm=cfg.max_grad_norm, world_size=d.world_size)
+                lr = self.scheduler.get_last_lr()[0]
+                self.scheduler.step()
+                self.step += 1
+                self.position.commit()
+                self._in_step = False
+                for b in micro:
+                    self.truncated.update(b.get("truncated", {}))
+                ids = [i for b in micro for i in b["ids"]]
+                loss = self.last_loss = loss.item()
+                window.add(loss, len(ids) * d.world_size)
+                if bar is not None:
+                    bar.update(1)
+                if self.step % max(1, cfg.log_every) == 0 or self.step == self.total_steps:
+                    self._log(window.record(self.step, lr, grad_norm, ids), bar)
+                    window = _Window()
+                if on_step is not None:
+                    on_step(self.step, {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "ids": ids})
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.checkpoint()
+                    self.saved_at = self.step
+                if self.do_eval and self.step % cfg.eval_every == 0:
+                    self._evaluate()
         except KeyboardInterrupt:
-            if self.step > saved_at:
+            # a second Ctrl-C, or one raised by code run at the step boundary (on_step): save only when the
+            # weights match the step counter and no other rank could be waiting in a collective
+            if self._in_step or d.world_size > 1:
+                log.warning("interrupted inside step %d: not saving (last checkpoint: step %d)", self.step + 1,
+                            self.saved_at)
+            elif self.step > self.saved_at:
                 log.warning("interrupted at step %d: saving a checkpoint to resume from", self.step)
                 self.checkpoint()
             raise
-        finally:
-            if bar is not None:
-                bar.close()
-        if saved_at != self.step:
+
+    def _stop(self, signum: int) -> None:
+        path = None
+        if self.step > self.saved_at:
+            if self.d.main:
+                log.warning("%s: saving step %d before stopping", signal.Signals(signum).name, self.step)
             self.checkpoint()
-        return self._finish()
+            self.saved_at = self.step
+            path = checkpoint_dir(self.cfg.out, self.step)
+        raise Interrupted(signum, self.step, path)
 
     def _announce(self) -> None:
         if not self.d.main:
@@ -575,7 +718,7 @@ class Trainer:
         collate = Florence2Collator(self.processor, target_len, max_source_length=max_len)
         return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                          prefetch_factor=4 if cfg.num_workers else None)
+                          prefetch_factor=4 if cfg.num_workers else None, worker_init_fn=ignore_stop_signals)
 
     def _next_batch(self, batches) -> dict:
         """The next batch with samples; records of unreadable images are counted in `self.skipped`."""
@@ -600,6 +743,8 @@ class Trainer:
                                 / self.rows, 4)
         if self.skipped:
             record["skipped"] = dict(self.skipped)
+        if self.truncated:
+            record["truncated"] = dict(self.truncated)
         self.metrics_log.write(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
@@ -616,7 +761,8 @@ class Trainer:
                              "rng": rngs}
             save_checkpoint(checkpoint_dir(self.cfg.out, self.step), model=self.model, processor=self.processor,
                             trainer_state=trainer_state,
-                            data_state={**self.data_settings, "ranks": ranks, "step": self.step})
+                            data_state={**self.data_settings, **self.optim_settings, "ranks": ranks,
+                                        "step": self.step})
             prune_checkpoints(self.cfg.out, self.cfg.keep_checkpoints)
         barrier(self.d)
 
@@ -628,13 +774,35 @@ class Trainer:
 
     def _finish(self) -> dict:
         summary = {"steps": self.step, "rows": self.rows, "trainable_parameters": self.trainable_params,
-                   "parameters": self.total_params, "skipped": dict(self.skipped)}
+                   "parameters": self.total_params, "skipped": dict(self.skipped),
+                   "truncated": dict(self.truncated), "loss": self.last_loss,
+                   "seconds": round(time.time() - self.started, 1)}
+        if self.truncated:
+            log.warning("truncated during training (records): %s; raise --max-target-length or shorten prompts",
+                        dict(self.truncated))
         if self.do_eval and self.step % self.cfg.eval_every != 0:
             self._evaluate()
         if self.d.main:
             summary["final"] = _save_final(self.cfg, self.model, self.processor)
         barrier(self.d)
         return summary
+
+
+@contextlib.contextmanager
+def _quiet_transformers_bars():
+    """transformers' own progress bars (weight loading, generation) would break the training bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _progress(cfg: TrainConfig, d: Dist, step: int, total: int):
@@ -652,13 +820,21 @@ def _eval_sources(cfg: TrainConfig):
 
 
 def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtype, metrics_log) -> None:
-    from groundforge.train.evaluate import run_eval
+    import torch
+
+    from groundforge.train.evaluate import run_eval as _run_eval_in_training
 
     out = os.path.join(cfg.out, "eval", f"step-{step:08d}.json")
-    report = run_eval(model, processor, sources, out=out, device=device,
-                      amp_dtype=amp_dtype, batch_size=cfg.eval_batch_size, max_samples=cfg.eval_max_samples,
-                      num_beams=cfg.eval_num_beams, max_new_tokens=cfg.eval_max_new_tokens,
-                      num_workers=0, image_root=cfg.image_root, examples=2, info={"step": step})
+    # evaluation must not draw from the training RNG: the checkpoint's RNG snapshot is taken before it, so a
+    # run resumed there would otherwise see different dropout masks than the uninterrupted run
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        report = _run_eval_in_training(model, processor, sources, out=out, device=device,
+                                       amp_dtype=amp_dtype, batch_size=cfg.eval_batch_size,
+                                       max_samples=cfg.eval_max_samples, num_beams=cfg.eval_num_beams,
+                                       max_new_tokens=cfg.eval_max_new_tokens, num_workers=0,
+                                       image_root=cfg.image_root, examples=2, info={"step": step},
+                                       progress=False)
     metrics_log.write({"step": step, "eval": report["headline"], "eval_n": report["n"]})
 
 

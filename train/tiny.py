@@ -95,15 +95,17 @@ def base_config(tokenizer):
     return Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
 
 
-def save_random_florence2(path: str, size: str = "tiny", seed: int = 0, image_size: int | None = None) -> str:
-    """Write a random-weight Florence-2 (`tiny` or `base`) and its processor to `path`; returns `path`."""
+def save_random_florence2(path: str, size: str = "tiny", seed: int = 0, image_size: int | None = None,
+                          dropout: float = 0.0) -> str:
+    """Write a random-weight Florence-2 (`tiny` or `base`) and its processor to `path`; returns `path`.
+    `dropout` (tiny only) makes training draw from the RNG, for resume tests."""
     import torch
     from transformers import Florence2ForConditionalGeneration
 
     tokenizer = build_tokenizer()
     if size == "tiny":
         processor = build_processor(image_size or 32, tokenizer=tokenizer)
-        config = tiny_config(tokenizer)
+        config = tiny_config(tokenizer, dropout=dropout)
     elif size == "base":
         processor = build_processor(image_size or 768, image_seq_length=577, tokenizer=tokenizer)
         config = base_config(tokenizer)
