@@ -609,17 +609,18 @@ class Trainer:
         self.eval_sources = _eval_sources(cfg) if d.main and self.do_eval else None
         self.started = time.time()
         stop = StopFlag()
-        with stop.installed(), _quiet_transformers_bars():
-            batches = iter(self._loader())     # workers start with the stop handler, then ignore signals
-            bar = _progress(cfg, d, self.step, self.total_steps)
-            try:
-                self._loop(net, batches, bar, stop, on_step)
-            finally:
-                if bar is not None:
-                    bar.close()
-        if self.saved_at != self.step:
-            self.checkpoint()
-        return self._finish()
+        with _quiet_transformers_bars():
+            with stop.installed():
+                batches = iter(self._loader())     # workers start with the stop handler, then ignore signals
+                bar = _progress(cfg, d, self.step, self.total_steps)
+                try:
+                    self._loop(net, batches, bar, stop, on_step)
+                finally:
+                    if bar is not None:
+                        bar.close()
+            if self.saved_at != self.step:
+                self.checkpoint()
+            return self._finish()
 
     def _loop(self, net, batches, bar, stop: StopFlag, on_step) -> None:
         cfg, d = self.cfg, self.d
