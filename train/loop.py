@@ -529,7 +529,8 @@ class _Window:
 def train(cfg: TrainConfig, on_step=None) -> dict:
     """Run training; returns a summary. `on_step(step, info)` is called after every optimizer step with
     info = {"loss", "lr", "grad_norm", "ids"} (ids: the record ids of that step, in order) -- used by tests."""
-    return Trainer(cfg).run(on_step)
+    with _quiet_transformers_bars():
+        return Trainer(cfg).run(on_step)
 
 
 class Trainer:
