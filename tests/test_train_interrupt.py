@@ -226,7 +226,7 @@ def test_resume_is_exact_with_dropout_and_eval_at_the_save_step(tmp_path_factory
     """Dropout draws from the RNG every step; evaluating at the checkpoint step must not move it (the eval
     loader used to draw its base seed from the global RNG after the checkpoint's snapshot)."""
     model = tiny_florence2(tmp_path_factory, dropout=0.3)
-    kw = _kw(model, shards, tmp_path / "a", steps=4, save_every=2, eval_every=2, eval_shards=[shards],
+    kw = _kw(model, shards, tmp_path / "a", steps=4, save_every=2, eval_every=2, eval_shards=[shards], eval_split="all",
              eval_max_samples=2, eval_batch_size=2, eval_num_beams=1, eval_max_new_tokens=3, keep_checkpoints=0)
     ref = {}
     _train(kw, _record_steps(ref))

@@ -8,6 +8,8 @@ import logging
 
 import click
 
+SPLIT_HELP = ("Splits to use, by the shard file names ({split}-00000-of-00004.parquet; files named otherwise are "
+              "always used): 'train', 'val,testA', 'all', or '-train' for every split but train.")
 SHARDS_HELP = ("Parquet shards: a glob, a file, a directory or a dataset output dir (its data/ is used); "
                "local or any fsspec URL (gs://, s3://, hf://). Repeat for several sets. NAME=GLOB names a "
                "set for --mix.")
@@ -27,6 +29,10 @@ def _setup_logging() -> None:
 @click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
 @click.option("--mix", default=None, help="Sample named shard sets with weights: refcoco=0.5,counting=0.5. "
               "Without it all shards form one pool and every row is seen once per epoch.")
+@click.option("--split", default="train", show_default=True, help=SPLIT_HELP)
+@click.option("--exclude-holdout/--keep-holdout", default=True, show_default=True,
+              help="Leave out of training the images listed in holdout_image_ids.txt of the builds that "
+                   "--shards and --eval-shards come from.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--image-root", default=None, help="Resolve records whose image has only a path under this "
               "directory (default: the shard's directory).")
@@ -53,7 +59,9 @@ def _setup_logging() -> None:
               help="Keep the newest N checkpoints (0: all).")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Evaluate on --eval-shards every N steps and at the end (0: never).")
-@click.option("--eval-shards", multiple=True, help="Shards for --eval-every (same syntax as --shards).")
+@click.option("--eval-shards", multiple=True, help="Shards for --eval-every (same syntax as --shards); images "
+              "they share with the train shards (by image_sha256) are reported with a warning.")
+@click.option("--eval-split", default="-train", show_default=True, help="Splits of --eval-shards. " + SPLIT_HELP)
 @click.option("--eval-max-samples", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--eval-num-beams", type=click.IntRange(min=1), default=3, show_default=True)
@@ -115,6 +123,9 @@ def _duration(seconds: float) -> str:
 @click.option("--model", required=True, help="Model directory (full model or LoRA adapter) or hub id.")
 @click.option("--shards", "shards", multiple=True, required=True,
               help="Parquet shards (same forms as for train; repeatable). Every record is evaluated once.")
+@click.option("--split", default="-train", show_default=True, help=SPLIT_HELP)
+@click.option("--train-shards", multiple=True, help="Train shards to check for images shared with the eval "
+              "shards (the train split next to --shards is always checked).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Report JSON; example images go to <out stem>_examples/.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -128,12 +139,15 @@ def _duration(seconds: float) -> str:
 @click.option("--examples", type=click.IntRange(min=0), default=4, show_default=True,
               help="Rendered example images per task.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def eval_command(**kw):
-    """Generate on shards and score: rec acc@0.5 per split, grounded-caption phrase recall, counting and
-    count_class exact match, reg exact match and token-F1 similarity."""
+    """Generate on shards (every split but train by default) with pinned decoding settings and score: rec
+    acc@0.5 per split, grounded-caption phrase recall, counting and count_class exact match and MAE beside
+    a majority-answer baseline, reg exact match and token-F1 against every sentence of the region."""
     from groundforge.train.evaluate import EvalConfig, evaluate, summary_line
 
     kw["shards"] = list(kw["shards"])
+    kw["train_shards"] = list(kw["train_shards"])
     _setup_logging()
     try:
         report = evaluate(EvalConfig(**kw))

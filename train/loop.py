@@ -40,6 +40,9 @@ class TrainConfig:
     shards: list[str]
     out: str
     mix: str | None = None
+    split: str = "train"                # which splits of --shards to train on (see data.parse_splits)
+    eval_split: str = "-train"          # and of --eval-shards to evaluate on
+    exclude_holdout: bool = True        # skip images listed in the builds' holdout_image_ids.txt
     image_root: str | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -368,10 +371,40 @@ def train_step(net, micro_batches: list[dict], *, optimizer, scaler, params, dev
 def _load_sources(cfg: TrainConfig):
     from groundforge.train.data import check_mix, discover, list_units, parse_mix
 
-    sources = list_units(discover(cfg.shards))
+    sources = list_units(discover(cfg.shards, cfg.split))
     weights = parse_mix(cfg.mix) if cfg.mix else None
     check_mix(weights, sources)
     return sources, weights
+
+
+def _files(sources) -> list[str]:
+    return sorted({u.file for units in sources.values() for u in units})
+
+
+def data_checks(cfg: TrainConfig, sources, eval_sources, main: bool) -> tuple[frozenset, dict]:
+    """Images to leave out of training (holdout_image_ids.txt of the builds of --shards and --eval-shards),
+    and, on the main rank, the image overlap between the train and eval shards (by image_sha256)."""
+    from groundforge.train.data import holdout_ids, image_overlap
+
+    train_files = _files(sources)
+    eval_files = _files(eval_sources) if eval_sources else []
+    report: dict = {}
+    ids: set = set()
+    if cfg.exclude_holdout:
+        ids, found = holdout_ids(train_files + eval_files)
+        if found:
+            report["holdout_files"] = len(found)
+            report["holdout_image_ids"] = len(ids)
+            if main:
+                log.info("leaving out of training the %d images listed in %s", len(ids), ", ".join(found))
+    if main and eval_files:
+        overlap = image_overlap(train_files, eval_files)
+        report["overlap"] = overlap
+        if overlap["shared_images"]:
+            log.warning("%d of the %d eval images are in the train shards too (%d train rows, by image_sha256): "
+                        "the eval score is not a held-out score", overlap["shared_images"],
+                        overlap["eval_images"], overlap["train_rows_with_eval_images"])
+    return frozenset(ids), report
 
 
 def _check_slots(sources, world_size: int, workers: int) -> None:
@@ -414,7 +447,8 @@ def _build_model(cfg: TrainConfig, resume_dir: str | None):
     return model, processor
 
 
-DATA_KEYS = ("n_slots", "num_workers", "world_size", "batch_size", "seed", "units", "mix", "shuffle_buffer")
+DATA_KEYS = ("n_slots", "num_workers", "world_size", "batch_size", "seed", "units", "mix", "shuffle_buffer",
+             "holdout")
 OPTIM_KEYS = ("lr", "weight_decay", "warmup_steps", "schedule", "total_steps", "grad_accum", "max_grad_norm",
               "freeze_vision", "lora_r", "lora_alpha", "lora_dropout")
 
@@ -550,6 +584,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.sources, self.weights = _load_sources(cfg)
+        self.do_eval = bool(cfg.eval_every and cfg.eval_shards)
+        self.eval_sources = _eval_sources(cfg) if self.do_eval else None
+        self.holdout, self.checks = data_checks(cfg, self.sources, self.eval_sources, d.main)
         self.rows = total_rows(self.sources)
         if self.rows == 0:
             raise ValueError("the shards hold no rows")
@@ -563,7 +600,8 @@ class Trainer:
         self.data_settings = {"n_slots": d.world_size * self.workers, "num_workers": self.workers,
                               "world_size": d.world_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
                               "units": units_digest(self.sources), "mix": self.weights,
-                              "shuffle_buffer": cfg.shuffle_buffer}
+                              "shuffle_buffer": cfg.shuffle_buffer,
+                              "holdout": hashlib.sha256("\n".join(sorted(self.holdout)).encode()).hexdigest()[:16]}
         self.optim_settings = optimisation_settings(cfg, self.total_steps)
 
         self.model, self.processor = _build_model(cfg, self.resume_dir)
@@ -606,8 +644,6 @@ class Trainer:
         self._announce()
         net = self._ddp()
         self.metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, self.step)
-        self.do_eval = bool(cfg.eval_every and cfg.eval_shards)
-        self.eval_sources = _eval_sources(cfg) if d.main and self.do_eval else None
         self.started = time.time()
         stop = StopFlag()
         with _quiet_transformers_bars():
@@ -714,7 +750,8 @@ class Trainer:
         cfg = self.cfg
         dataset = ShardStream(self.sources, weights=self.weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                               rank=self.d.rank, world_size=self.d.world_size, image_root=cfg.image_root,
-                              start=self.position.positions, worker_offset=self.position.next_worker)
+                              start=self.position.positions, worker_offset=self.position.next_worker,
+                              exclude_image_ids=self.holdout)
         max_len = max_positions(self.model)
         target_len = min(cfg.max_target_length, max_len or cfg.max_target_length)
         collate = Florence2Collator(self.processor, target_len, max_source_length=max_len)
@@ -778,7 +815,7 @@ class Trainer:
         summary = {"steps": self.step, "rows": self.rows, "trainable_parameters": self.trainable_params,
                    "parameters": self.total_params, "skipped": dict(self.skipped),
                    "truncated": dict(self.truncated), "loss": self.last_loss,
-                   "seconds": round(time.time() - self.started, 1)}
+                   "seconds": round(time.time() - self.started, 1), **self.checks}
         if self.truncated:
             log.warning("truncated during training (records): %s; raise --max-target-length or shorten prompts",
                         dict(self.truncated))
@@ -818,7 +855,7 @@ def _progress(cfg: TrainConfig, d: Dist, step: int, total: int):
 def _eval_sources(cfg: TrainConfig):
     from groundforge.train.data import discover, list_units
 
-    return list_units(discover(cfg.eval_shards))
+    return list_units(discover(cfg.eval_shards, cfg.eval_split))
 
 
 def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtype, metrics_log) -> None:
