@@ -364,7 +364,7 @@ class _ShardStream:
                  rank: int = 0, world_size: int = 1, columns: Sequence[str] = TRAIN_COLUMNS,
                  image_root: str | None = None, start: dict[int, int] | None = None,
                  worker_offset: int = 0, decode_images: bool = True,
-                 exclude_image_ids: frozenset | None = None):
+                 exclude_image_ids: frozenset | None = None, family=None):
         check_mix(weights, sources)
         self.sources = sources
         self.weights = weights
@@ -375,6 +375,7 @@ class _ShardStream:
         self.rank = rank
         self.world_size = world_size
         self.exclude_image_ids = frozenset(exclude_image_ids or ())
+        self.family = family          # train.families.Family whose format the records must have
         self.columns = tuple(columns) + (("image_id",) if self.exclude_image_ids and "image_id" not in columns
                                          else ())
         self.image_root = image_root
@@ -480,9 +481,9 @@ class _ShardStream:
 
     def _decode(self, row: dict, unit: Unit) -> str | None:
         """Decode the row's image in place; returns the skip reason when it cannot be read."""
-        if row.get("format") not in (None, "florence2"):
-            raise ValueError(f"{unit.file}: record {row.get('id')} is rendered for format {row['format']!r}; "
-                             f"Florence-2 training needs `groundforge render --format florence2` shards")
+        from groundforge.train.families import FAMILIES, check_format
+
+        check_format(self.family or FAMILIES["florence2"], row.get("format"), f"{unit.file}: record {row.get('id')}")
         if not self.decode_images or "image" not in row:
             return None
         try:
@@ -531,6 +532,27 @@ def _read_under(root: str, name: str) -> bytes:
             return f.read()
     with open(full, "rb") as f:
         return f.read()
+
+
+def shard_formats(files: Sequence[str]) -> dict[str, list[str]]:
+    """{format: files} from the `format` column of each file's first row group (a cheap early check)."""
+    out: dict[str, list[str]] = {}
+    for path in files:
+        with open_parquet(path) as pf:
+            if "format" not in pf.schema_arrow.names or not pf.metadata.num_row_groups:
+                continue
+            values = set(pf.read_row_group(0, columns=["format"]).column(0).to_pylist())
+        for v in values:
+            out.setdefault(v, []).append(path)
+    return out
+
+
+def check_shard_formats(files: Sequence[str], family) -> None:
+    """Fail at once, naming a file, when the shards were rendered for another model family."""
+    from groundforge.train.families import check_format
+
+    for fmt, paths in sorted(shard_formats(files).items(), key=lambda kv: str(kv[0])):
+        check_format(family, fmt, f"{paths[0]}" + (f" (and {len(paths) - 1} more files)" if len(paths) > 1 else ""))
 
 
 def total_rows(sources: dict[str, list[Unit]]) -> int:

@@ -65,8 +65,9 @@ def generation_settings(config) -> dict:
 
 
 def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: int = 1,
-             max_new_tokens: int = 256, config=None) -> list[str]:
-    """Decoded generations (control tokens kept; metrics.clean_generation strips BOS/EOS/pad)."""
+             max_new_tokens: int = 256, config=None, decoder_only: bool = False) -> list[str]:
+    """Decoded generations (control tokens kept; metrics.clean_generation strips BOS/EOS/pad). A decoder-only
+    model returns prompt + answer: only the answer is decoded."""
     import torch
 
     config = config or generation_config(model, num_beams, max_new_tokens)
@@ -74,22 +75,25 @@ def generate(model, processor, inputs: dict, *, device, amp_dtype, num_beams: in
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                          enabled=amp_dtype is not None):
         out = model.generate(**inputs, generation_config=config)
+    if decoder_only:
+        out = out[:, inputs["input_ids"].shape[1]:]
     return processor.tokenizer.batch_decode(out, skip_special_tokens=False)
 
 
 def eval_loader(sources, processor, *, batch_size: int, num_workers: int, image_root: str | None,
-                max_source_length: int | None = None):
+                max_source_length: int | None = None, family=None):
     """One ordered pass over the shards (no shuffling), records kept for scoring."""
     import torch
     from torch.utils.data import DataLoader
 
-    from groundforge.train.collate import Florence2Collator
     from groundforge.train.data import EVAL_COLUMNS, ShardStream
+    from groundforge.train.families import FAMILIES, make_collator
     from groundforge.train.loop import ignore_stop_signals
 
-    ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root)
-    collate = Florence2Collator(processor, with_labels=False, keep_records=True,
-                                max_source_length=max_source_length)
+    family = family or FAMILIES["florence2"]
+    ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root, family=family)
+    collate = make_collator(family, processor, with_labels=False, keep_records=True,
+                            max_source_length=max_source_length if family.name == "florence2" else None)
     # a seeded generator: the loader's base seed must not come from (and advance) the global RNG
     return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals)
@@ -98,12 +102,15 @@ def eval_loader(sources, processor, *, batch_size: int, num_workers: int, image_
 def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=None, batch_size: int = 8,
              max_samples: int | None = None, num_beams: int = 3, max_new_tokens: int = 256,
              num_workers: int = 0, image_root: str | None = None, examples: int = 4,
-             info: dict | None = None, progress: bool = True) -> dict:
+             info: dict | None = None, progress: bool = True, family=None) -> dict:
     """Evaluate an already loaded model on `sources` ({name: [Unit]}); writes the report when `out`.
 
     Scores are summed as batches arrive; only the `examples` records per task that get drawn are kept.
     `skipped` in the report counts records whose image could not be read (they are not in `n`)."""
+    from groundforge.train.families import FAMILIES
     from groundforge.train.model import max_positions
+
+    family = family or FAMILIES["florence2"]
 
     was_training = model.training
     model.eval()
@@ -115,7 +122,7 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
     start = time.time()
     try:
         for batch in eval_loader(sources, processor, batch_size=batch_size, num_workers=num_workers,
-                                 image_root=image_root, max_source_length=max_positions(model)):
+                                 image_root=image_root, max_source_length=max_positions(model), family=family):
             skipped.update(batch["skipped"])
             records, inputs = batch["records"], batch["inputs"]
             if inputs is None:
@@ -123,7 +130,8 @@ def run_eval(model, processor, sources, *, out: str | None, device, amp_dtype=No
             if max_samples is not None and n + len(records) > max_samples:
                 keep = max_samples - n   # generate only for the records that count
                 records, inputs = records[:keep], {k: v[:keep] for k, v in inputs.items()}
-            texts = generate(model, processor, inputs, device=device, amp_dtype=amp_dtype, config=gen_config)
+            texts = generate(model, processor, inputs, device=device, amp_dtype=amp_dtype, config=gen_config,
+                             decoder_only=family.decoder_only)
             for rec, text in zip(records, texts):
                 scores.add(rec, text)
                 if per_task[rec["task"]] < examples:
@@ -227,9 +235,14 @@ def draw_example(rec: dict, pred_boxes: list, generation: str):
 
 def evaluate(cfg: EvalConfig) -> dict:
     """`groundforge eval`: load a model directory (full model or LoRA adapter), evaluate, write the report."""
-    from groundforge.train.data import discover, list_units
-    from groundforge.train.model import adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype, resolve_device
+    from groundforge.train.data import check_shard_formats, discover, list_units
+    from groundforge.train.families import detect
+    from groundforge.train.model import (adapter_base, is_adapter_dir, load_model, load_processor, resolve_amp_dtype,
+                                         resolve_device)
 
+    family = detect(cfg.model, cfg.trust_remote_code)
+    files = discover(cfg.shards, cfg.split)
+    check_shard_formats([f for fs in files.values() for f in fs], family)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp_dtype(cfg.dtype, device)
     model = load_model(cfg.model, cfg.trust_remote_code)
@@ -239,15 +252,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     proc_dir = cfg.model
     if os.path.isdir(cfg.model) and is_adapter_dir(cfg.model) and not _has_processor(cfg.model):
         proc_dir = adapter_base(cfg.model)
-    processor = load_processor(proc_dir, cfg.trust_remote_code)
-    files = discover(cfg.shards, cfg.split)
+    processor = load_processor(proc_dir, cfg.trust_remote_code, family)
     sources = list_units(files)
     info = {"model": cfg.model, "shards": list(cfg.shards), "split": cfg.split,
             "overlap": train_overlap(cfg, [f for fs in files.values() for f in fs])}
     return run_eval(model, processor, sources, out=cfg.out, device=device, amp_dtype=amp_dtype,
                     batch_size=cfg.batch_size, max_samples=cfg.max_samples, num_beams=cfg.num_beams,
                     max_new_tokens=cfg.max_new_tokens, num_workers=cfg.num_workers,
-                    image_root=cfg.image_root, examples=cfg.examples, info=info, progress=cfg.progress)
+                    image_root=cfg.image_root, examples=cfg.examples, info=info, progress=cfg.progress,
+                    family=family)
 
 
 def train_overlap(cfg: EvalConfig, eval_files: list[str]) -> dict | None:

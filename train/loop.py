@@ -428,7 +428,7 @@ def _resume_dir(cfg: TrainConfig) -> str | None:
     return latest
 
 
-def _build_model(cfg: TrainConfig, resume_dir: str | None):
+def _build_model(cfg: TrainConfig, resume_dir: str | None, family):
     from groundforge.train.model import apply_lora, freeze_vision, is_adapter_dir, load_model, load_processor
 
     if resume_dir and is_adapter_dir(resume_dir) != cfg.lora:
@@ -440,10 +440,10 @@ def _build_model(cfg: TrainConfig, resume_dir: str | None):
     else:
         model = load_model(cfg.model, cfg.trust_remote_code)
         if cfg.lora:
-            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, family.lora_targets)
     if cfg.freeze_vision:
         freeze_vision(model)
-    processor = load_processor(resume_dir or cfg.model, cfg.trust_remote_code)
+    processor = load_processor(resume_dir or cfg.model, cfg.trust_remote_code, family)
     return model, processor
 
 
@@ -583,7 +583,12 @@ class Trainer:
         os.makedirs(cfg.out, exist_ok=True)
         torch.manual_seed(cfg.seed)
 
+        from groundforge.train.data import check_shard_formats
+        from groundforge.train.families import detect
+
+        self.family = detect(cfg.model, cfg.trust_remote_code)
         self.sources, self.weights = _load_sources(cfg)
+        check_shard_formats(_files(self.sources), self.family)
         self.do_eval = bool(cfg.eval_every and cfg.eval_shards)
         self.eval_sources = _eval_sources(cfg) if self.do_eval else None
         self.holdout, self.checks = data_checks(cfg, self.sources, self.eval_sources, d.main)
@@ -604,7 +609,7 @@ class Trainer:
                               "holdout": hashlib.sha256("\n".join(sorted(self.holdout)).encode()).hexdigest()[:16]}
         self.optim_settings = optimisation_settings(cfg, self.total_steps)
 
-        self.model, self.processor = _build_model(cfg, self.resume_dir)
+        self.model, self.processor = _build_model(cfg, self.resume_dir, self.family)
         self.model.to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -743,18 +748,19 @@ class Trainer:
         import torch
         from torch.utils.data import DataLoader
 
-        from groundforge.train.collate import Florence2Collator
-        from groundforge.train.data import ShardStream
+        from groundforge.train.data import TRAIN_COLUMNS, ShardStream
+        from groundforge.train.families import make_collator
         from groundforge.train.model import max_positions
 
         cfg = self.cfg
         dataset = ShardStream(self.sources, weights=self.weights, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                               rank=self.d.rank, world_size=self.d.world_size, image_root=cfg.image_root,
                               start=self.position.positions, worker_offset=self.position.next_worker,
-                              exclude_image_ids=self.holdout)
-        max_len = max_positions(self.model)
+                              exclude_image_ids=self.holdout, family=self.family,
+                              columns=TRAIN_COLUMNS + (("meta",) if self.family.name.startswith("qwen") else ()))
+        max_len = max_positions(self.model) if self.family.name == "florence2" else None
         target_len = min(cfg.max_target_length, max_len or cfg.max_target_length)
-        collate = Florence2Collator(self.processor, target_len, max_source_length=max_len)
+        collate = make_collator(self.family, self.processor, max_target_length=target_len, max_source_length=max_len)
         return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
                           prefetch_factor=4 if cfg.num_workers else None, worker_init_fn=ignore_stop_signals)
@@ -808,7 +814,7 @@ class Trainer:
     def _evaluate(self) -> None:
         if self.d.main:
             _eval_during_training(self.cfg, self.model, self.processor, self.eval_sources, self.step, self.device,
-                                  self.amp_dtype, self.metrics_log)
+                                  self.amp_dtype, self.metrics_log, self.family)
         barrier(self.d)
 
     def _finish(self) -> dict:
@@ -858,7 +864,7 @@ def _eval_sources(cfg: TrainConfig):
     return list_units(discover(cfg.eval_shards, cfg.eval_split))
 
 
-def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtype, metrics_log) -> None:
+def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtype, metrics_log, family) -> None:
     import torch
 
     from groundforge.train.evaluate import run_eval as _run_eval_in_training
@@ -873,7 +879,7 @@ def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtyp
                                        max_samples=cfg.eval_max_samples, num_beams=cfg.eval_num_beams,
                                        max_new_tokens=cfg.eval_max_new_tokens, num_workers=0,
                                        image_root=cfg.image_root, examples=2, info={"step": step},
-                                       progress=False)
+                                       progress=False, family=family)
     metrics_log.write({"step": step, "eval": report["headline"], "eval_n": report["n"]})
 
 
