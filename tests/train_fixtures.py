@@ -21,9 +21,9 @@ def jpeg(width: int, height: int, colour, box) -> bytes:
 
 
 def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str = "train",
-                width: int = 48, height: int = 40, image_bytes: bool = True) -> dict:
-    """A record rendered for florence2 by transforms.templates; its image shows one coloured rectangle
-    (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
+                width: int = 48, height: int = 40, image_bytes: bool = True, fmt: str = "florence2") -> dict:
+    """A record rendered for `fmt` (default florence2) by transforms.templates; its image shows one coloured
+    rectangle (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
     from groundforge.transforms.templates import render_record
 
     colour = COLOURS[i % len(COLOURS)]
@@ -44,13 +44,13 @@ def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str 
     data = jpeg(width, height, colour, box)
     rid = hashlib.sha256(f"{dataset}/{split}/{task}/{i}".encode()).hexdigest()[:20]
     record = {
-        "id": rid, "dataset": dataset, "split": split, "task": task, "format": "florence2",
+        "id": rid, "dataset": dataset, "split": split, "task": task, "format": fmt,
         "prompt": "", "target": "",
         "image": {"bytes": data if image_bytes else None, "path": None if image_bytes else f"images/{rid}.jpg"},
         "image_id": str(i), "width": width, "height": height, "image_sha256": hashlib.sha256(data).hexdigest(),
         "objects": objects, "caption": caption, "meta": json.dumps(meta),
     }
-    rendered = render_record(record, "florence2")
+    rendered = render_record(record, fmt)
     return {**record, "prompt": rendered.prompt, "target": rendered.target}
 
 

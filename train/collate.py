@@ -156,13 +156,17 @@ class PaliGemmaCollator(_CausalCollator):
 
     KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
+    def texts(self, samples):
+        # one <image> per text, as the processor asks; it expands it and adds <bos> and the prompt's `\n`
+        return [self.processor.image_token + s["prompt"] for s in samples]
+
     def encode_prompt(self, samples):
-        out = self.processor(text=[s["prompt"] for s in samples], images=self.images(samples), padding="longest",
+        out = self.processor(text=self.texts(samples), images=self.images(samples), padding="longest",
                              return_tensors="pt")
         return {k: v for k, v in out.items() if k in self.KEYS}
 
     def encode_train(self, samples, targets):
-        out = self.processor(text=[s["prompt"] for s in samples], images=self.images(samples), suffix=targets,
+        out = self.processor(text=self.texts(samples), images=self.images(samples), suffix=targets,
                              padding="longest", return_tensors="pt")
         inputs = {k: v for k, v in out.items() if k in self.KEYS}
         labels = out["labels"]

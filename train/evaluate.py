@@ -38,7 +38,7 @@ class EvalConfig:
 # transformers fills every setting left None from the model's generation_config, so each is given a value.
 PINNED = {"do_sample": False, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
           "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "length_penalty": 1.0,
-          "early_stopping": True, "min_length": 0, "min_new_tokens": 0, "num_return_sequences": 1,
+          "min_new_tokens": 0, "num_return_sequences": 1,
           "temperature": 1.0, "top_k": 50, "top_p": 1.0, "renormalize_logits": False, "max_length": None,
           "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
           "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "use_cache": True}
@@ -53,14 +53,17 @@ def generation_config(model, num_beams: int, max_new_tokens: int):
 
     base = getattr(model, "generation_config", None)
     config = copy.deepcopy(base) if base is not None else GenerationConfig()
-    for key, value in {**PINNED, "num_beams": num_beams, "max_new_tokens": max_new_tokens}.items():
+    pinned = {**PINNED, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+              "early_stopping": True if num_beams > 1 else None}   # a beam-search setting only
+    for key, value in pinned.items():
         setattr(config, key, value)
+    config.min_length = 0 if config.min_length else config.min_length   # min_new_tokens=0 decides
     return config
 
 
 def generation_settings(config) -> dict:
     """What the report records: every pinned setting and the special token ids."""
-    keys = sorted(set(PINNED) | {"num_beams", "max_new_tokens"} | set(_RECORDED))
+    keys = sorted(set(PINNED) | {"num_beams", "max_new_tokens", "early_stopping", "min_length"} | set(_RECORDED))
     return {k: getattr(config, k, None) for k in keys}
 
 
