@@ -291,7 +291,8 @@ def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
             "--mix", "refcoco=0.5,counting=0.5", "--out", str(out), "--steps", "2", "--batch-size", "2",
             "--lr", "1e-3", "--num-workers", "0", "--save-every", "1", "--keep-checkpoints", "1",
             "--eval-every", "2", "--eval-shards", str(tmp_path / "a"), "--eval-split", "all", "--eval-max-samples", "2",
-            "--eval-num-beams", "1", "--log-every", "1", "--no-progress", "--device", "cpu", "--dtype", "fp32"]
+            "--eval-num-beams", "1", "--log-every", "1", "--no-progress", "--device", "cpu", "--dtype", "fp32",
+            "--gradient-checkpointing", "--split", "train", "--report-to", "none"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 0, result.output
     final = result.output.strip().splitlines()[-1]

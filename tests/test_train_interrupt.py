@@ -297,3 +297,51 @@ def test_truncated_targets_and_prompts_are_counted(tiny_model, shards, tmp_path)
     batch = Florence2Collator(proc, max_source_length=limit)(samples)
     assert batch["truncated"] == {"prompt": 1}
     assert batch["inputs"]["input_ids"].shape[1] == limit
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_model, shards, tmp_path):
+    from groundforge.train.loop import Trainer, TrainConfig
+
+    runs = {}
+    for flag in (False, True):
+        trainer = Trainer(TrainConfig(**_kw(tiny_model, shards, tmp_path / str(flag), steps=2,
+                                            gradient_checkpointing=flag)))
+        assert any(getattr(m, "gradient_checkpointing", False) for m in trainer.model.modules()) == flag
+        got = {}
+        trainer.run(_record_steps(got))
+        runs[flag] = got
+    for step in (1, 2):
+        assert runs[True][step]["ids"] == runs[False][step]["ids"]
+        assert runs[True][step]["loss"] == pytest.approx(runs[False][step]["loss"], rel=1e-5)
+        assert runs[True][step]["grad_norm"] == pytest.approx(runs[False][step]["grad_norm"], rel=1e-4)
+
+
+def test_validation_loss_and_tensorboard(tiny_model, shards, tmp_path):
+    """Evaluation during training logs a validation loss (the mean label-token loss of the eval records,
+    checked here against the model's own loss on one batch of them) to metrics.jsonl and, with
+    --report-to tensorboard, to TensorBoard event files."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from groundforge.train.collate import Florence2Collator
+    from groundforge.train.data import load_image
+    from groundforge.train.model import load_model, load_processor
+
+    eval_dir = str(tmp_path / "val")
+    recs = [make_record(40 + i, split="val") for i in range(3)]
+    write_shards(eval_dir, recs, n_files=1, row_group_size=3, prefix="val")
+    summary = _train(_kw(tiny_model, shards, tmp_path / "out", steps=2, eval_every=2, eval_shards=[eval_dir],
+                         eval_max_samples=3, eval_batch_size=3, eval_num_beams=1, eval_max_new_tokens=2,
+                         report_to="tensorboard"))
+    line = [json.loads(x) for x in open(tmp_path / "out" / "metrics.jsonl")][-1]
+    model, processor = load_model(summary["final"]), load_processor(summary["final"])
+    model.eval()
+    batch = Florence2Collator(processor)([dict(r, image=load_image(r["image"], "x")) for r in recs])
+    with torch.no_grad():
+        expected = model(**batch["inputs"]).loss.item()
+    assert line["val_loss"] == pytest.approx(expected, rel=1e-4)
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert events.Scalars("eval/val_loss")[0].value == pytest.approx(expected, rel=1e-4)
+    assert "eval/rec/acc@0.5" in events.Tags()["scalars"]

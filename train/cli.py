@@ -25,7 +25,8 @@ def _setup_logging() -> None:
 
 @click.command("train")
 @click.option("--model", required=True,
-              help="Florence-2 hub id or directory, e.g. florence-community/Florence-2-base-ft.")
+              help="Hub id or directory of a Florence-2, PaliGemma (2), Qwen2-VL, Qwen2.5-VL or Kosmos-2 checkpoint, "
+                   "e.g. florence-community/Florence-2-base-ft.")
 @click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
 @click.option("--mix", default=None, help="Sample named shard sets with weights: refcoco=0.5,counting=0.5. "
               "Without it all shards form one pool and every row is seen once per epoch.")
@@ -81,10 +82,15 @@ def _setup_logging() -> None:
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Write a metrics.jsonl line every N steps.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less "
+              "memory, about a third more compute.")
+@click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
+              help="Also log to TensorBoard (OUT/tensorboard; needs `pip install tensorboard`).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code (off: "
-              "only transformers' native Florence-2 is used).")
+              "only transformers' native model classes are used).")
 def train_command(**kw):
-    """Fine-tune Florence-2 on groundforge shards rendered for `florence2`."""
+    """Fine-tune Florence-2, PaliGemma / PaliGemma 2, Qwen2-VL, Qwen2.5-VL or Kosmos-2 (the family is read from
+    --model's config) on groundforge shards rendered for that family's format."""
     from groundforge.train.loop import Interrupted, TrainConfig, train
 
     if kw["steps"] is not None and kw["epochs"] is not None:

@@ -76,6 +76,8 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    report_to: str = "none"             # or "tensorboard": OUT/tensorboard event files
 
     @property
     def learning_rate(self) -> float:
@@ -611,6 +613,8 @@ class Trainer:
 
         self.model, self.processor = _build_model(cfg, self.resume_dir, self.family)
         self.model.to(self.device)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params, self.total_params = count_parameters(self.model)
@@ -649,6 +653,7 @@ class Trainer:
         self._announce()
         net = self._ddp()
         self.metrics_log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), d.main, self.step)
+        self.board = _summary_writer(cfg) if d.main else None
         self.started = time.time()
         stop = StopFlag()
         with _quiet_transformers_bars():
@@ -660,9 +665,13 @@ class Trainer:
                 finally:
                     if bar is not None:
                         bar.close()
-            if self.saved_at != self.step:
-                self.checkpoint()
-            return self._finish()
+            try:
+                if self.saved_at != self.step:
+                    self.checkpoint()
+                return self._finish()
+            finally:
+                if self.board is not None:
+                    self.board.close()
 
     def _loop(self, net, batches, bar, stop: StopFlag, on_step) -> None:
         cfg, d = self.cfg, self.d
@@ -783,6 +792,18 @@ class Trainer:
             log.warning("rank %d: %d records skipped so far (unreadable images): %s", self.d.rank, total,
                         dict(self.skipped))
 
+    def _tensorboard(self, record: dict) -> None:
+        if self.board is None:
+            return
+        step = record["step"]
+        for key in ("loss", "lr", "grad_norm", "samples_per_s", "epoch"):
+            if key in record:
+                self.board.add_scalar(f"train/{key}", record[key], step)
+        for key, value in (record.get("eval") or {}).items():
+            self.board.add_scalar(f"eval/{key}", value, step)
+        if record.get("val_loss") is not None:
+            self.board.add_scalar("eval/val_loss", record["val_loss"], step)
+
     def _log(self, record: dict, bar) -> None:
         record["epoch"] = round(self.step * self.cfg.batch_size * self.cfg.grad_accum * self.d.world_size
                                 / self.rows, 4)
@@ -791,6 +812,7 @@ class Trainer:
         if self.truncated:
             record["truncated"] = dict(self.truncated)
         self.metrics_log.write(record)
+        self._tensorboard(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
 
@@ -813,8 +835,9 @@ class Trainer:
 
     def _evaluate(self) -> None:
         if self.d.main:
-            _eval_during_training(self.cfg, self.model, self.processor, self.eval_sources, self.step, self.device,
-                                  self.amp_dtype, self.metrics_log, self.family)
+            record = _eval_during_training(self.cfg, self.model, self.processor, self.eval_sources, self.step,
+                                           self.device, self.amp_dtype, self.metrics_log, self.family)
+            self._tensorboard(record)
         barrier(self.d)
 
     def _finish(self) -> dict:
@@ -831,6 +854,32 @@ class Trainer:
             summary["final"] = _save_final(self.cfg, self.model, self.processor)
         barrier(self.d)
         return summary
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, ~30% more compute). Non-reentrant
+    checkpointing works with frozen inputs (LoRA, --freeze-vision) without enable_input_require_grads."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):      # transformers >= 5 name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for config in (getattr(base, "config", None), getattr(getattr(base, "config", None), "text_config", None)):
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False
+
+
+def _summary_writer(cfg: TrainConfig):
+    if cfg.report_to in (None, "", "none"):
+        return None
+    if cfg.report_to != "tensorboard":
+        raise ValueError(f"--report-to must be none or tensorboard, got {cfg.report_to!r}")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(os.path.join(cfg.out, "tensorboard"))
 
 
 @contextlib.contextmanager
@@ -880,7 +929,48 @@ def _eval_during_training(cfg, model, processor, sources, step, device, amp_dtyp
                                        max_new_tokens=cfg.eval_max_new_tokens, num_workers=0,
                                        image_root=cfg.image_root, examples=2, info={"step": step},
                                        progress=False, family=family)
-    metrics_log.write({"step": step, "eval": report["headline"], "eval_n": report["n"]})
+        val_loss = validation_loss(model, processor, family, sources, device=device, amp_dtype=amp_dtype,
+                                   batch_size=cfg.eval_batch_size, max_samples=cfg.eval_max_samples,
+                                   max_target_length=cfg.max_target_length, image_root=cfg.image_root)
+    record = {"step": step, "eval": report["headline"], "eval_n": report["n"], "val_loss": val_loss}
+    metrics_log.write(record)
+    return record
+
+
+def validation_loss(model, processor, family, sources, *, device, amp_dtype=None, batch_size: int = 8,
+                    max_samples: int | None = None, max_target_length: int = 1024,
+                    image_root: str | None = None) -> float | None:
+    """Mean token loss (teacher forcing, the training labels) over the first max_samples eval records, in
+    shard order; None when there is none."""
+    import itertools
+
+    import torch
+
+    from groundforge.train.data import EVAL_COLUMNS, ShardStream
+    from groundforge.train.families import make_collator
+    from groundforge.train.model import max_positions
+
+    max_len = max_positions(model) if family.name == "florence2" else None
+    ds = ShardStream(sources, shuffle=False, epochs=1, columns=EVAL_COLUMNS, image_root=image_root, family=family)
+    collate = make_collator(family, processor, max_target_length=min(max_target_length, max_len or max_target_length),
+                            max_source_length=max_len)
+    records = itertools.islice(ds.iter_slot(0, 1), max_samples)
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            while chunk := list(itertools.islice(records, batch_size)):
+                inputs = collate(chunk)["inputs"]
+                count = label_tokens(inputs)
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = model(**inputs).loss
+                total += float(loss) * count
+                tokens += count
+    finally:
+        model.train(was_training)
+    return total / tokens if tokens else None
 
 
 def _save_final(cfg: TrainConfig, model, processor) -> str:
