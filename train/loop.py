@@ -661,7 +661,8 @@ class Trainer:
                 batches = iter(self._loader())     # workers start with the stop handler, then ignore signals
                 bar = _progress(cfg, d, self.step, self.total_steps)
                 try:
-                    self._loop(net, batches, bar, stop, on_step)
+                    with _logs_above(bar):
+                        self._loop(net, batches, bar, stop, on_step)
                 finally:
                     if bar is not None:
                         bar.close()
@@ -897,6 +898,15 @@ def _quiet_transformers_bars():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def _logs_above(bar):
+    """Log lines (warnings during training) printed above the progress bar instead of through it."""
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _progress(cfg: TrainConfig, d: Dist, step: int, total: int):
