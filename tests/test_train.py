@@ -112,7 +112,7 @@ def test_an_overfit_model_generates_its_targets_and_scores_them(tiny_model, tmp_
     write_shards(folder, [make_record(i, t) for i in range(4) for t in ("rec", "count_class")], 1, 8)
     summary = train(_config(tiny_model, folder, tmp_path / "out", steps=200, batch_size=8, lr=5e-3, warmup=10,
                             schedule="cosine", log_every=50))
-    report = evaluate(EvalConfig(model=summary["final"], shards=[folder], out=str(tmp_path / "r.json"),
+    report = evaluate(EvalConfig(split="all", model=summary["final"], shards=[folder], out=str(tmp_path / "r.json"),
                                  num_beams=1, max_new_tokens=20, num_workers=0, device="cpu", examples=4))
     assert report["tasks"]["count_class"]["accuracy"] == 1.0
     assert report["tasks"]["rec"]["acc@0.5"] >= 0.5     # a random model scores 0; this one 0.75-1.0
@@ -196,7 +196,7 @@ def test_lora_trains_only_the_adapter(tiny_model, shards8, tmp_path):
     # `groundforge eval` takes the adapter directory directly
     from groundforge.train.evaluate import EvalConfig, evaluate
 
-    report = evaluate(EvalConfig(model=str(adapter), shards=[shards8], out=str(tmp_path / "r.json"), batch_size=4,
+    report = evaluate(EvalConfig(split="all", model=str(adapter), shards=[shards8], out=str(tmp_path / "r.json"), batch_size=4,
                                  max_samples=4, num_beams=1, max_new_tokens=4, num_workers=0, examples=0,
                                  device="cpu"))
     assert report["n"] == 4 and report["tasks"]["rec"]["n"] == 4
@@ -287,10 +287,14 @@ def test_train_command_end_to_end_with_mix_and_eval(tiny_model, tmp_path):
     args = ["--model", tiny_model, "--shards", f"refcoco={tmp_path / 'a'}", "--shards", f"counting={tmp_path / 'b'}",
             "--mix", "refcoco=0.5,counting=0.5", "--out", str(out), "--steps", "2", "--batch-size", "2",
             "--lr", "1e-3", "--num-workers", "0", "--save-every", "1", "--keep-checkpoints", "1",
-            "--eval-every", "2", "--eval-shards", str(tmp_path / "a"), "--eval-max-samples", "2",
-            "--eval-num-beams", "1", "--log-every", "1", "--no-progress", "--device", "cpu", "--dtype", "fp32"]
+            "--eval-every", "2", "--eval-shards", str(tmp_path / "a"), "--eval-split", "all", "--eval-max-samples", "2",
+            "--eval-num-beams", "1", "--log-every", "1", "--no-progress", "--device", "cpu", "--dtype", "fp32",
+            "--gradient-checkpointing", "--split", "train", "--report-to", "none"]
     result = CliRunner().invoke(train_command, args)
     assert result.exit_code == 0, result.output
+    final = result.output.strip().splitlines()[-1]
+    assert final.startswith("trained 2 steps in ") and ", final loss " in final
+    assert final.endswith(f"; model in {out / 'final'}")
     assert sorted(os.listdir(out / "checkpoints")) == ["step-00000002"]
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [line["step"] for line in lines] == [1, 2, 2]
@@ -357,11 +361,11 @@ def test_unreadable_images_are_counted_in_training_and_eval(tiny_model, tmp_path
 
     evaluate_mod.generate = counting_generate
     try:
-        full = evaluate(EvalConfig(model=tiny_model, shards=[folder], out=str(tmp_path / "r.json"), batch_size=2,
+        full = evaluate(EvalConfig(split="all", model=tiny_model, shards=[folder], out=str(tmp_path / "r.json"), batch_size=2,
                                    num_beams=1, max_new_tokens=2, num_workers=2, device="cpu", examples=0))
         assert (full["n"], full["skipped"]) == (3, {"UnidentifiedImageError": 1})
         sizes.clear()
-        part = evaluate(EvalConfig(model=tiny_model, shards=[folder], out=str(tmp_path / "p.json"), batch_size=2,
+        part = evaluate(EvalConfig(split="all", model=tiny_model, shards=[folder], out=str(tmp_path / "p.json"), batch_size=2,
                                    max_samples=1, num_beams=1, max_new_tokens=2, num_workers=0, device="cpu",
                                    examples=0))
         assert part["n"] == 1 and sizes == [1]

@@ -21,9 +21,9 @@ def jpeg(width: int, height: int, colour, box) -> bytes:
 
 
 def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str = "train",
-                width: int = 48, height: int = 40, image_bytes: bool = True) -> dict:
-    """A record rendered for florence2 by transforms.templates; its image shows one coloured rectangle
-    (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
+                width: int = 48, height: int = 40, image_bytes: bool = True, fmt: str = "florence2") -> dict:
+    """A record rendered for `fmt` (default florence2) by transforms.templates; its image shows one coloured
+    rectangle (the box of its first object). Tasks: rec, reg, count_class, counting, grounded_caption."""
     from groundforge.transforms.templates import render_record
 
     colour = COLOURS[i % len(COLOURS)]
@@ -44,14 +44,27 @@ def make_record(i: int, task: str = "rec", dataset: str = "refcoco", split: str 
     data = jpeg(width, height, colour, box)
     rid = hashlib.sha256(f"{dataset}/{split}/{task}/{i}".encode()).hexdigest()[:20]
     record = {
-        "id": rid, "dataset": dataset, "split": split, "task": task, "format": "florence2",
+        "id": rid, "dataset": dataset, "split": split, "task": task, "format": fmt,
         "prompt": "", "target": "",
         "image": {"bytes": data if image_bytes else None, "path": None if image_bytes else f"images/{rid}.jpg"},
         "image_id": str(i), "width": width, "height": height, "image_sha256": hashlib.sha256(data).hexdigest(),
         "objects": objects, "caption": caption, "meta": json.dumps(meta),
     }
-    rendered = render_record(record, "florence2")
+    rendered = render_record(record, fmt)
     return {**record, "prompt": rendered.prompt, "target": rendered.target}
+
+
+_TINY: dict = {}
+
+
+def tiny_florence2(tmp_path_factory, dropout: float = 0.0) -> str:
+    """A random-weight tiny Florence-2 directory, built once per test session and setting."""
+    from groundforge.train.tiny import save_random_florence2
+
+    if dropout not in _TINY:
+        folder = str(tmp_path_factory.mktemp(f"tiny-florence2-{dropout:g}"))
+        _TINY[dropout] = save_random_florence2(folder, "tiny", seed=0, dropout=dropout)
+    return _TINY[dropout]
 
 
 def image_bytes_of(record: dict) -> bytes:
@@ -81,3 +94,45 @@ def write_shards(folder: str, records: list[dict], n_files: int, row_group_size:
                                  row_group_size))
     return paths
 
+
+
+def run_driver(argv: list[str]) -> int:
+    """`python tests/train_fixtures.py CONFIG.json[,CONFIG2.json] LOG_PREFIX[,PREFIX2] [SLEEP_FROM SLEEP_S]`:
+    train with the TrainConfig kwargs of each CONFIG in turn (alone or under torchrun: one launch for
+    several runs saves the start-up), appending {step, ids, loss, lr} per step to PREFIX-rank{R}.jsonl,
+    sleeping SLEEP_S after each step from SLEEP_FROM on so that a test can signal it mid-run. Exits
+    128+signal when stopped by a signal."""
+    import sys
+    import time
+
+    import torch
+
+    from groundforge.train.loop import Interrupted, TrainConfig, train
+
+    torch.set_num_threads(1)
+    sleep_from, sleep_s = (int(argv[2]), float(argv[3])) if len(argv) > 3 else (10 ** 9, 0.0)
+    rank = int(os.environ.get("RANK", "0"))
+    for config, prefix in zip(argv[0].split(","), argv[1].split(",")):
+        log_path = f"{prefix}-rank{rank}.jsonl"
+
+        def on_step(step, info, log_path=log_path):
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "ids": info["ids"], "loss": info["loss"], "lr": info["lr"]})
+                        + "\n")
+            if step >= sleep_from:
+                time.sleep(sleep_s)
+
+        with open(config) as f:
+            cfg = TrainConfig(**json.load(f))
+        try:
+            train(cfg, on_step=on_step)
+        except Interrupted as exc:
+            print(exc, file=sys.stderr)
+            return 128 + exc.signum
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(run_driver(sys.argv[1:]))

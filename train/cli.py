@@ -8,6 +8,8 @@ import logging
 
 import click
 
+SPLIT_HELP = ("Splits to use, by the shard file names ({split}-00000-of-00004.parquet; files named otherwise are "
+              "always used): 'train', 'val,testA', 'all', or '-train' for every split but train.")
 SHARDS_HELP = ("Parquet shards: a glob, a file, a directory or a dataset output dir (its data/ is used); "
                "local or any fsspec URL (gs://, s3://, hf://). Repeat for several sets. NAME=GLOB names a "
                "set for --mix.")
@@ -23,10 +25,15 @@ def _setup_logging() -> None:
 
 @click.command("train")
 @click.option("--model", required=True,
-              help="Florence-2 hub id or directory, e.g. florence-community/Florence-2-base-ft.")
+              help="Hub id or directory of a Florence-2, PaliGemma (2), Qwen2-VL, Qwen2.5-VL or Kosmos-2 checkpoint, "
+                   "e.g. florence-community/Florence-2-base-ft.")
 @click.option("--shards", "shards", multiple=True, required=True, help=SHARDS_HELP)
 @click.option("--mix", default=None, help="Sample named shard sets with weights: refcoco=0.5,counting=0.5. "
               "Without it all shards form one pool and every row is seen once per epoch.")
+@click.option("--split", default="train", show_default=True, help=SPLIT_HELP)
+@click.option("--exclude-holdout/--keep-holdout", default=True, show_default=True,
+              help="Leave out of training the images listed in holdout_image_ids.txt of the builds that "
+                   "--shards and --eval-shards come from.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--image-root", default=None, help="Resolve records whose image has only a path under this "
               "directory (default: the shard's directory).")
@@ -53,7 +60,9 @@ def _setup_logging() -> None:
               help="Keep the newest N checkpoints (0: all).")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Evaluate on --eval-shards every N steps and at the end (0: never).")
-@click.option("--eval-shards", multiple=True, help="Shards for --eval-every (same syntax as --shards).")
+@click.option("--eval-shards", multiple=True, help="Shards for --eval-every (same syntax as --shards); images "
+              "they share with the train shards (by image_sha256) are reported with a warning.")
+@click.option("--eval-split", default="-train", show_default=True, help="Splits of --eval-shards. " + SPLIT_HELP)
 @click.option("--eval-max-samples", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--eval-num-beams", type=click.IntRange(min=1), default=3, show_default=True)
@@ -73,11 +82,16 @@ def _setup_logging() -> None:
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Write a metrics.jsonl line every N steps.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less "
+              "memory, about a third more compute.")
+@click.option("--report-to", type=click.Choice(["none", "tensorboard"]), default="none", show_default=True,
+              help="Also log to TensorBoard (OUT/tensorboard; needs `pip install tensorboard`).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code (off: "
-              "only transformers' native Florence-2 is used).")
+              "only transformers' native model classes are used).")
 def train_command(**kw):
-    """Fine-tune Florence-2 on groundforge shards rendered for `florence2`."""
-    from groundforge.train.loop import TrainConfig, train
+    """Fine-tune Florence-2, PaliGemma / PaliGemma 2, Qwen2-VL, Qwen2.5-VL or Kosmos-2 (the family is read from
+    --model's config) on groundforge shards rendered for that family's format."""
+    from groundforge.train.loop import Interrupted, TrainConfig, train
 
     if kw["steps"] is not None and kw["epochs"] is not None:
         raise click.UsageError("give --steps or --epochs, not both")
@@ -90,14 +104,34 @@ def train_command(**kw):
         summary = train(TrainConfig(**kw))
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from exc
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(128 + exc.signum) from None
     if "final" in summary:
-        click.echo(f"trained {summary['steps']} steps; model in {summary['final']}")
+        click.echo(final_line(summary))
+
+
+def final_line(summary: dict) -> str:
+    loss = "n/a" if summary.get("loss") is None else f"{summary['loss']:.4f}"
+    extra = "".join(f"; {k} {sum(v.values())} records" for k in ("skipped", "truncated") if summary.get(k))
+    return (f"trained {summary['steps']} steps in {_duration(summary.get('seconds', 0))}, final loss {loss}"
+            f"{extra}; model in {summary['final']}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @click.command("eval")
 @click.option("--model", required=True, help="Model directory (full model or LoRA adapter) or hub id.")
 @click.option("--shards", "shards", multiple=True, required=True,
               help="Parquet shards (same forms as for train; repeatable). Every record is evaluated once.")
+@click.option("--split", default="-train", show_default=True, help=SPLIT_HELP)
+@click.option("--train-shards", multiple=True, help="Train shards to check for images shared with the eval "
+              "shards (the train split next to --shards is always checked).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Report JSON; example images go to <out stem>_examples/.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -111,12 +145,15 @@ def train_command(**kw):
 @click.option("--examples", type=click.IntRange(min=0), default=4, show_default=True,
               help="Rendered example images per task.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repo's own Python code.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def eval_command(**kw):
-    """Generate on shards and score: rec acc@0.5 per split, grounded-caption phrase recall, counting and
-    count_class exact match, reg exact match and token-F1 similarity."""
+    """Generate on shards (every split but train by default) with pinned decoding settings and score: rec
+    acc@0.5 per split, grounded-caption phrase recall, counting and count_class exact match and MAE beside
+    a majority-answer baseline, reg exact match and token-F1 against every sentence of the region."""
     from groundforge.train.evaluate import EvalConfig, evaluate, summary_line
 
     kw["shards"] = list(kw["shards"])
+    kw["train_shards"] = list(kw["train_shards"])
     _setup_logging()
     try:
         report = evaluate(EvalConfig(**kw))

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("id", "task", "format", "prompt", "target", "image", "width", "height")
 EVAL_COLUMNS = TRAIN_COLUMNS + ("dataset", "split", "objects", "caption", "meta")
 DEFAULT_SOURCE = "default"
+HOLDOUT_SKIP = "holdout_image"
 TAIL = "_tail"              # key of the marker sample that carries the skip counts of a stream's end
 _WARN_PER_REASON = 5        # skipped records logged one by one per reason and stream; the rest only counted
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -125,17 +126,103 @@ def _unstrip(fs, original: str, path: str) -> str:
     return fs.unstrip_protocol(path) if _is_remote(original) else path
 
 
-def discover(specs: Sequence[str]) -> dict[str, list[str]]:
-    """--shards values -> {source name: sorted file list}. Fails at once on a pattern matching nothing."""
+_SHARD_NAME = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
+TRAIN_SPLIT = "train"
+
+
+def split_of(path: str) -> str | None:
+    """The split in a groundforge shard name (`{split}-00000-of-00004.parquet`); None for other names."""
+    m = _SHARD_NAME.match(posixpath.basename(path))
+    return m.group("split") if m else None
+
+
+def parse_splits(text: str | None, default: str) -> tuple[set | None, set]:
+    """--split value -> (include, exclude). `all`: everything; `-train` or `!train`: all but those;
+    `a,b`: only those. None uses `default`."""
+    text = (text if text is not None else default).strip()
+    if text == "all":
+        return None, set()
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    neg = {n[1:] for n in names if n[:1] in "-!"}
+    pos = {n for n in names if n[:1] not in "-!"}
+    if neg and pos:
+        raise ValueError(f"--split mixes splits to keep and to leave out: {text!r}")
+    if not names:
+        raise ValueError("--split is empty")
+    return (None, neg) if neg else (pos, set())
+
+
+def select_splits(files: list[str], include: set | None, exclude: set) -> list[str]:
+    """Files of the wanted splits; files without a split in their name are kept (their split is unknown)."""
+    return [f for f in files if split_of(f) is None
+            or ((include is None or split_of(f) in include) and split_of(f) not in exclude)]
+
+
+def discover(specs: Sequence[str], splits: str = "all") -> dict[str, list[str]]:
+    """--shards values -> {source name: sorted file list}, limited to `splits` (see parse_splits; train
+    defaults to `train`, eval to `-train`). Fails at once on a pattern matching nothing."""
+    include, exclude = parse_splits(splits, "all")
     sources: dict[str, list[str]] = {}
     for spec in specs:
         name, pattern = parse_shard_spec(spec)
-        files = expand_pattern(pattern)
-        if not files:
+        found = expand_pattern(pattern)
+        if not found:
             raise FileNotFoundError(f"--shards {spec!r}: no Parquet files match {pattern!r}")
+        files = select_splits(found, include, exclude)
+        if not files:
+            present = sorted({split_of(f) for f in found})
+            raise FileNotFoundError(f"--shards {spec!r}: {len(found)} files, none of split {splits!r} "
+                                    f"(found: {', '.join(present)}); choose with --split")
         sources.setdefault(name, [])
         sources[name] = sorted(set(sources[name]) | set(files))
     return sources
+
+
+HOLDOUT_FILE = "holdout_image_ids.txt"
+
+
+def dataset_root(path: str) -> str | None:
+    """OUT for a shard OUT/data/x.parquet (where a build writes holdout_image_ids.txt); else None."""
+    folder = posixpath.dirname(path) if _is_remote(path) else os.path.dirname(os.path.abspath(path))
+    if posixpath.basename(folder.rstrip("/")) != "data":
+        return None
+    return posixpath.dirname(folder) if _is_remote(path) else os.path.dirname(folder)
+
+
+def holdout_ids(files: Sequence[str]) -> tuple[set, list[str]]:
+    """Image ids listed in the holdout_image_ids.txt of the builds the files come from, and those files."""
+    ids, found = set(), []
+    for root in sorted({r for r in map(dataset_root, files) if r}):
+        path = posixpath.join(root, HOLDOUT_FILE) if _is_remote(root) else os.path.join(root, HOLDOUT_FILE)
+        fs, p = _fs(path)
+        if not fs.isfile(p):
+            continue
+        with fs.open(p, "r") as f:
+            ids.update(line.strip() for line in f if line.strip() and not line.startswith("#"))
+        found.append(path)
+    return ids, found
+
+
+def column_values(files: Sequence[str], column: str) -> Iterator[tuple[str, list]]:
+    """(file, values) of one column, a row group at a time (no images read)."""
+    for path in files:
+        with open_parquet(path) as pf:
+            if column not in pf.schema_arrow.names:
+                continue
+            for rg in range(pf.metadata.num_row_groups):
+                yield path, pf.read_row_group(rg, columns=[column]).column(0).to_pylist()
+
+
+def image_overlap(train_files: Sequence[str], eval_files: Sequence[str]) -> dict:
+    """Images (by image_sha256) of the eval shards that the train shards hold too."""
+    eval_images = {v for _, vals in column_values(eval_files, "image_sha256") for v in vals if v}
+    shared, rows = set(), 0
+    for _, vals in column_values(train_files, "image_sha256"):
+        for v in vals:
+            if v in eval_images:
+                shared.add(v)
+                rows += 1
+    return {"eval_images": len(eval_images), "shared_images": len(shared), "train_rows_with_eval_images": rows}
 
 
 @contextlib.contextmanager
@@ -276,7 +363,8 @@ class _ShardStream:
                  seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 1000, epochs: int | None = None,
                  rank: int = 0, world_size: int = 1, columns: Sequence[str] = TRAIN_COLUMNS,
                  image_root: str | None = None, start: dict[int, int] | None = None,
-                 worker_offset: int = 0, decode_images: bool = True):
+                 worker_offset: int = 0, decode_images: bool = True,
+                 exclude_image_ids: frozenset | None = None, family=None):
         check_mix(weights, sources)
         self.sources = sources
         self.weights = weights
@@ -286,7 +374,10 @@ class _ShardStream:
         self.epochs = epochs
         self.rank = rank
         self.world_size = world_size
-        self.columns = tuple(columns)
+        self.exclude_image_ids = frozenset(exclude_image_ids or ())
+        self.family = family          # train.families.Family whose format the records must have
+        self.columns = tuple(columns) + (("image_id",) if self.exclude_image_ids and "image_id" not in columns
+                                         else ())
         self.image_root = image_root
         self.start = {int(k): int(v) for k, v in (start or {}).items()}
         self.worker_offset = worker_offset
@@ -348,7 +439,11 @@ class _ShardStream:
             if i < pos:
                 continue  # replaying a resumed stream: references only, nothing is read
             row = self._take(ref, cache)
-            reason = self._decode(row, ref.unit)
+            if self.exclude_image_ids and row.get("image_id") in self.exclude_image_ids:
+                reason = HOLDOUT_SKIP      # an image a build set aside for evaluation (holdout_image_ids.txt)
+                self.skipped[reason] += 1
+            else:
+                reason = self._decode(row, ref.unit)
             if reason:
                 unsent[reason] += 1
                 in_a_row += 1
@@ -386,9 +481,9 @@ class _ShardStream:
 
     def _decode(self, row: dict, unit: Unit) -> str | None:
         """Decode the row's image in place; returns the skip reason when it cannot be read."""
-        if row.get("format") not in (None, "florence2"):
-            raise ValueError(f"{unit.file}: record {row.get('id')} is rendered for format {row['format']!r}; "
-                             f"Florence-2 training needs `groundforge render --format florence2` shards")
+        from groundforge.train.families import FAMILIES, check_format
+
+        check_format(self.family or FAMILIES["florence2"], row.get("format"), f"{unit.file}: record {row.get('id')}")
         if not self.decode_images or "image" not in row:
             return None
         try:
@@ -437,6 +532,27 @@ def _read_under(root: str, name: str) -> bytes:
             return f.read()
     with open(full, "rb") as f:
         return f.read()
+
+
+def shard_formats(files: Sequence[str]) -> dict[str, list[str]]:
+    """{format: files} from the `format` column of each file's first row group (a cheap early check)."""
+    out: dict[str, list[str]] = {}
+    for path in files:
+        with open_parquet(path) as pf:
+            if "format" not in pf.schema_arrow.names or not pf.metadata.num_row_groups:
+                continue
+            values = set(pf.read_row_group(0, columns=["format"]).column(0).to_pylist())
+        for v in values:
+            out.setdefault(v, []).append(path)
+    return out
+
+
+def check_shard_formats(files: Sequence[str], family) -> None:
+    """Fail at once, naming a file, when the shards were rendered for another model family."""
+    from groundforge.train.families import check_format
+
+    for fmt, paths in sorted(shard_formats(files).items(), key=lambda kv: str(kv[0])):
+        check_format(family, fmt, f"{paths[0]}" + (f" (and {len(paths) - 1} more files)" if len(paths) > 1 else ""))
 
 
 def total_rows(sources: dict[str, list[Unit]]) -> int:

@@ -16,7 +16,13 @@ batches is exact:
                                                           with the same text has IoU >= 0.5 with one of its
                                                           boxes (one output phrase finds one true phrase)
   counting, count_class       n, exact                    accuracy = exact / n
-  reg                         n, exact, f1                exact_match = exact / n, similarity = mean token F1
+                              abs_err, mae_n              mae = abs_err / mae_n over parsed answers (counting:
+                                                          mean over the classes of truth and answer)
+                              (answers)                   majority_answer, majority_accuracy, majority_mae: the
+                                                          baseline that always gives the most common true answer
+  reg                         n, exact, f1, refs          against every reference sentence of the region (all
+                                                          records of the same ref): exact_match = exact / n (any
+                                                          reference), similarity = mean of the best token F1
 Every task also counts `unparsed` (the parser raised, or found no answer).
 `Scores` sums the counters as generations arrive, so evaluation memory does not grow with the shard set.
 """
@@ -146,8 +152,37 @@ def _grounded_caption_counters(parsed, record: dict, threshold: float) -> dict:
             "phrases_hit": greedy_matches(pairs)}
 
 
-def score_record(record: dict, generation: str, threshold: float = 0.5) -> dict:
-    """Counters for one record (see module doc)."""
+def reg_key(record: dict) -> tuple:
+    """Records describing the same region: the same ref (meta ref_id) of a dataset/split, else the same
+    image and box."""
+    meta = record.get("meta")
+    try:
+        meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
+    except ValueError:
+        meta = {}
+    if isinstance(meta, dict) and meta.get("ref_id") is not None:
+        return ("ref", record.get("dataset"), record.get("split"), str(meta["ref_id"]))
+    boxes = tuple(tuple(round(float(v), 1) for v in b) for b in true_boxes(record))
+    return ("box", record.get("image_sha256") or record.get("image_id"), boxes)
+
+
+def reference_text(record: dict) -> str:
+    """The description a reg record teaches: its target as the parser reads it, else its caption."""
+    truth = parse(record, clean_generation(record["target"]))
+    return truth if isinstance(truth, str) else record.get("caption") or ""
+
+
+def count_error(pred, truth) -> float:
+    """|pred - truth| for count_class; for counting, the mean over the classes of either answer."""
+    if isinstance(truth, dict):
+        keys = set(truth) | set(pred)
+        return sum(abs(pred.get(k, 0) - truth.get(k, 0)) for k in keys) / len(keys) if keys else 0.0
+    return float(abs(pred - truth))
+
+
+def score_record(record: dict, generation: str, threshold: float = 0.5, references: list[str] | None = None) -> dict:
+    """Counters for one record (see module doc). `references`: every description of a reg record's region
+    (default: its own target)."""
     task = record["task"]
     parsed = parse(record, clean_generation(generation))
     c = {"n": 1, "unparsed": int(parsed is None or parsed == [])}
@@ -162,19 +197,31 @@ def score_record(record: dict, generation: str, threshold: float = 0.5) -> dict:
     elif task in ("counting", "count_class"):
         truth = parse(record, clean_generation(record["target"]))
         c["exact"] = int(parsed is not None and truth is not None and parsed == truth)
+        usable = parsed is not None and truth is not None and type(parsed) is type(truth)
+        c["abs_err"] = count_error(parsed, truth) if usable else 0.0
+        c["mae_n"] = int(usable)
     elif task == "reg":
-        truth = parse(record, clean_generation(record["target"]))
-        truth = truth if isinstance(truth, str) else record.get("caption") or ""
+        refs = references or [reference_text(record)]
         pred = parsed if isinstance(parsed, str) else ""
         c["unparsed"] = int(parsed is None)
-        c.update(exact=int(normalize_text(pred) == normalize_text(truth)), f1=token_f1(pred, truth))
+        c.update(exact=int(any(normalize_text(pred) == normalize_text(r) for r in refs)),
+                 f1=max(token_f1(pred, r) for r in refs), refs=len(refs))
     else:
         raise ValueError(f"no metric for task {task!r}")
     return c
 
 
-def derived(task: str, c: dict, threshold: float = 0.5) -> dict:
-    """Ratios from summed counters."""
+def majority_baseline(answers: Counter, n: int) -> dict:
+    """Accuracy and MAE of always giving the most common true answer (ties: the smallest JSON text)."""
+    text, hits = min(answers.items(), key=lambda kv: (-kv[1], kv[0]))
+    mode = json.loads(text)
+    err = sum(k * count_error(mode, json.loads(t)) for t, k in answers.items())
+    return {"majority_answer": mode, "majority_accuracy": hits / n if n else 0.0,
+            "majority_mae": err / n if n else None}
+
+
+def derived(task: str, c: dict, threshold: float = 0.5, answers: Counter | None = None) -> dict:
+    """Ratios from summed counters (`answers`: the true answers' counts, for the majority baseline)."""
     out = dict(c)
     n = c.get("n", 0)
     at = f"@{threshold:g}"
@@ -187,6 +234,10 @@ def derived(task: str, c: dict, threshold: float = 0.5) -> dict:
             out["phrase_recall" + at] = c["phrases_hit"] / c["phrases"] if c["phrases"] else 0.0
     elif task in ("counting", "count_class"):
         out["accuracy"] = c["exact"] / n if n else 0.0
+        if "mae_n" in c:
+            out["mae"] = c["abs_err"] / c["mae_n"] if c["mae_n"] else None
+        if answers:
+            out.update(majority_baseline(answers, n))
     elif task == "reg":
         out["exact_match"] = c["exact"] / n if n else 0.0
         out["similarity"] = c["f1"] / n if n else 0.0
@@ -201,34 +252,55 @@ def _add(total: dict, c: dict) -> None:
 class Scores:
     """Running sums of the counters per task and per task and dataset/split."""
 
-    def __init__(self, threshold: float = 0.5):
+    def __init__(self, threshold: float = 0.5, references: dict | None = None):
         self.threshold = threshold
+        self.references = references or {}      # reg_key -> every reference text of that region
         self.totals: dict[str, dict] = {}
         self.groups: dict[str, dict[str, dict]] = {}
+        self.answers: dict[tuple, Counter] = {}  # (task, group or None) -> true answer (JSON) counts
 
     def add(self, record: dict, generation: str) -> dict:
-        c = score_record(record, generation, self.threshold)
         task = record["task"]
+        refs = self.references.get(reg_key(record)) if task == "reg" else None
+        c = score_record(record, generation, self.threshold, refs)
         group = f"{record.get('dataset', '?')}/{record.get('split', '?')}"
         _add(self.totals.setdefault(task, {}), c)
         _add(self.groups.setdefault(task, {}).setdefault(group, {}), c)
+        if task in ("counting", "count_class"):
+            truth = parse(record, clean_generation(record["target"]))
+            if truth is not None:
+                key = json.dumps(truth, sort_keys=True)
+                for g in (None, group):
+                    self.answers.setdefault((task, g), Counter())[key] += 1
         return c
 
     def report(self) -> dict:
         """{task: {metrics..., "by_split": {"dataset/split": {metrics...}}}}."""
         report = {}
         for task in sorted(self.totals):
-            report[task] = derived(task, self.totals[task], self.threshold)
-            report[task]["by_split"] = {g: derived(task, c, self.threshold)
+            report[task] = derived(task, self.totals[task], self.threshold, self.answers.get((task, None)))
+            report[task]["by_split"] = {g: derived(task, c, self.threshold, self.answers.get((task, g)))
                                         for g, c in sorted(self.groups[task].items())}
         return report
 
 
+def reg_references(records) -> dict:
+    """reg_key -> the reference texts of every reg record of that region (in record order, deduplicated)."""
+    refs: dict[tuple, list[str]] = {}
+    for record in records:
+        if record.get("task") == "reg":
+            texts = refs.setdefault(reg_key(record), [])
+            text = reference_text(record)
+            if text not in texts:
+                texts.append(text)
+    return refs
+
+
 def score_records(records: list[dict], generations: list[str], threshold: float = 0.5) -> dict:
-    """Scores.report() over all records."""
+    """Scores.report() over all records (reg against every reference of its region among `records`)."""
     if len(records) != len(generations):
         raise ValueError(f"{len(records)} records but {len(generations)} generations")
-    scores = Scores(threshold)
+    scores = Scores(threshold, reg_references(records))
     for record, gen in zip(records, generations):
         scores.add(record, gen)
     return scores.report()
@@ -239,7 +311,11 @@ def headline(report: dict) -> dict:
     keys = {"rec": "acc@0.5", "phrase_grounding": "recall@0.5", "detection": "recall@0.5",
             "grounded_caption": "phrase_recall@0.5", "counting": "accuracy", "count_class": "accuracy",
             "reg": "exact_match"}
-    return {f"{t}/{keys[t]}": round(v[keys[t]], 4) for t, v in report.items() if keys.get(t) in v}
+    out = {f"{t}/{keys[t]}": round(v[keys[t]], 4) for t, v in report.items() if keys.get(t) in v}
+    for t in ("counting", "count_class"):
+        if t in report and "majority_accuracy" in report[t]:
+            out[f"{t}/majority_accuracy"] = round(report[t]["majority_accuracy"], 4)
+    return out
 
 
 def dumps(obj) -> str:

@@ -1,4 +1,5 @@
-"""Load Florence-2 and its processor, freeze the vision tower, wrap in LoRA, save."""
+"""Load a model of a supported family (train.families) and its processor, freeze the vision tower, wrap in
+LoRA, save."""
 from __future__ import annotations
 
 import json
@@ -22,10 +23,24 @@ def adapter_base(path: str) -> str:
         return json.load(f)["base_model_name_or_path"]
 
 
-def load_processor(name: str, trust_remote_code: bool = False):
+def load_processor(name: str, trust_remote_code: bool = False, family=None):
     from transformers import AutoProcessor
 
+    from groundforge.train import families
+
+    family = family or _family_or_none(name, trust_remote_code)
+    if family is not None and family.name in ("qwen2_vl", "qwen2_5_vl"):
+        return families.load_qwen_processor(family.name, name, trust_remote_code)
     return AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+def _family_or_none(name: str, trust_remote_code: bool):
+    from groundforge.train import families
+
+    try:
+        return families.detect(name, trust_remote_code)
+    except (ValueError, OSError):
+        return None
 
 
 def load_model(name: str, trust_remote_code: bool = False, adapter_trainable: bool = False):
@@ -41,16 +56,20 @@ def load_model(name: str, trust_remote_code: bool = False, adapter_trainable: bo
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)
-    from transformers import Florence2ForConditionalGeneration
+    from groundforge.train import families
 
-    return Florence2ForConditionalGeneration.from_pretrained(name)
+    return families.model_class(families.detect(name)).from_pretrained(name)
+
+
+VISION_MODULES = ("vision_tower", "visual", "vision_model")
 
 
 def vision_tower(model):
-    """The DaViT vision tower module (native, remote-code and peft-wrapped models alike)."""
+    """The vision tower module (Florence-2's DaViT, PaliGemma's SigLIP `vision_tower`, Qwen's `visual`,
+    Kosmos-2's CLIP `vision_model`), of native, remote-code and peft-wrapped models alike."""
     best = None
     for name, module in model.named_modules():
-        if name.split(".")[-1] == "vision_tower" and (best is None or len(name) < len(best[0])):
+        if name.split(".")[-1] in VISION_MODULES and (best is None or len(name) < len(best[0])):
             best = (name, module)
     if best is None:
         raise ValueError(f"{type(model).__name__} has no vision_tower module")
@@ -69,12 +88,13 @@ def freeze_vision(model) -> int:
     return len(params)
 
 
-def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05):
-    """Wrap in a peft LoRA adapter on the language model's q/k/v/out projections and fc1/fc2.
-    Everything else, the vision tower included, is frozen."""
+def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, targets: str = LORA_TARGETS):
+    """Wrap in a peft LoRA adapter on the language model's attention projections and MLP (`targets`, the
+    family's; default Florence-2's q/k/v/out_proj and fc1/fc2). Everything else, the vision tower included,
+    is frozen."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     return get_peft_model(model, config)
 
 
@@ -94,9 +114,14 @@ def max_positions(model) -> int | None:
 
 def save(model, processor, path: str) -> None:
     """save_pretrained for model (or LoRA adapter) and processor into `path`."""
+    from groundforge.train.families import save_qwen_processor
+
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
-    processor.save_pretrained(path)
+    if type(processor).__name__ in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+        save_qwen_processor(processor, path)
+    else:
+        processor.save_pretrained(path)
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0):
