@@ -33,20 +33,16 @@ class InputFile(click.Path):
     """An existing local regular file (a FIFO or device would hang or flood a read), or any remote URL."""
 
     def __init__(self):
-        super().__init__(dir_okay=False)
+        super().__init__(exists=True, dir_okay=False)
 
     def convert(self, value, param, ctx):
         import os
         import stat
 
-        value = super().convert(value, param, ctx)
         if "://" in str(value):
             return value
-        try:
-            mode = os.stat(value).st_mode
-        except OSError:
-            self.fail(f"{value}: file not found", param, ctx)
-        if not stat.S_ISREG(mode):
+        value = super().convert(value, param, ctx)
+        if not stat.S_ISREG(os.stat(value).st_mode):
             self.fail(f"{value}: not a regular file", param, ctx)
         return value
 

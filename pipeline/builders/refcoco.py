@@ -176,6 +176,8 @@ class RefImageFn(beam.DoFn):
         except BoxError as err:
             yield rejected(item["source"], "annotation", err)
             return
+        if item.get("skipped_sentences"):
+            yield stat("blank_or_non_text_sentences", item["skipped_sentences"])
         sentences, dropped = dedupe_sentences(item["sentences"])
         if dropped:
             yield stat("duplicate_sentences", dropped)

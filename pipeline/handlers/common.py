@@ -260,3 +260,23 @@ class _GroundingHandler(ModelHandler):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self._model!r}, device={self._device!r}, dtype={self._dtype!r}, "
                 f"batch_size={self._batch_size})")
+
+
+def check_model(model: str, trust_remote_code: bool = False) -> None:
+    """Fail before anything runs, in one line, when the grounding model's config cannot be loaded (a local
+    directory without config.json, a hub id that is neither cached nor reachable)."""
+    import os
+
+    import click
+
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise click.BadParameter(f"{model} has no config.json: not a transformers checkpoint", param_hint="--model")
+        return
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, HTTP errors, ...
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise click.BadParameter(f"cannot load the config of {model!r}: {first[:200]}", param_hint="--model") from None

@@ -134,8 +134,10 @@ def _member_key(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: list[str]) -> tuple[str, dict]:
-    """The members of one sample -> item, or one reject (`member_too_large`, `missing_image`)."""
+def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: list[str],
+                    not_files: list[str] = ()) -> dict | Rejected:
+    """The members of one sample -> item, or one reject (`member_too_large`, `not_a_file`, `missing_image`).
+    Symbolic links and other non-file members are never followed."""
     source = f"{path}#{key}"
     if too_large:
         return rejected(source, "member_too_large", "; ".join(too_large))
@@ -148,6 +150,8 @@ def _sample_to_item(path: str, key: str, files: dict[str, bytes], too_large: lis
         info = info if isinstance(info, dict) else {}
     image = next((files[e] for e in IMAGE_EXTS if e in files), None)
     if image is None:
+        if not_files:
+            return rejected(source, "not_a_file", "; ".join(not_files))
         return rejected(source, "missing_image", f"no {'/'.join(IMAGE_EXTS)} member for {key}")
     caption = _caption(files["txt"]) if "txt" in files else _caption(info.get("caption"))
     image_id = id_str(info.get("key")) or posixpath.basename(key)
@@ -161,17 +165,20 @@ def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
     one item or one reject per sample. A shard that is not a tar, or breaks off (inside a member or a
     header), ends with one `unreadable_file` reject, which also covers the sample it broke off in (its
     members may be missing)."""
-    key, files, too_large = None, {}, []
+    key, files, too_large, not_files = None, {}, [], []
     try:
         with fs.open_read(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile():
+                if member.isdir():
                     continue
                 member_key, ext = _member_key(member.name)
                 if member_key != key:
                     if key is not None:
-                        yield _sample_to_item(path, key, files, too_large)
-                    key, files, too_large = member_key, {}, []
+                        yield _sample_to_item(path, key, files, too_large, not_files)
+                    key, files, too_large, not_files = member_key, {}, [], []
+                if not member.isfile():  # a symlink, hard link or device member: never followed
+                    not_files.append(f"{member.name}: not a regular file")
+                    continue
                 if member.size > MAX_MEMBER_BYTES:
                     too_large.append(f"{member.name}: {member.size} bytes")
                     continue
@@ -179,7 +186,7 @@ def read_webdataset(path: str) -> Iterator[tuple[str, dict]]:
             if _cut_short(tar):
                 raise tarfile.ReadError("the archive ends without its end-of-archive block (cut short)")
             if key is not None:
-                yield _sample_to_item(path, key, files, too_large)
+                yield _sample_to_item(path, key, files, too_large, not_files)
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield rejected(path, "unreadable_file", f"{type(exc).__name__}: {exc}")
 

@@ -37,7 +37,7 @@ from groundforge.pipeline.readers.refer import (
     make_item,
     make_reject,
     required,
-    sentence_texts,
+    split_sentences,
 )
 from groundforge.pipeline.readers.tables import (
     BadRow,
@@ -136,7 +136,7 @@ def lmms_row_to_item(row: dict, *, dataset: str, split: str, source: str, bbox_f
         if image_id is None:
             raise _Reject("missing_field", "no image_id and no file_name to derive it from")
         bbox = bbox_to_xyxy(row.get("bbox"), bbox_format or DEFAULT_BBOX_FORMAT["lmms"])
-        sentences = sentence_texts(row.get("answer"))
+        sentences, skipped = split_sentences(row.get("answer"))
         if not sentences:
             raise _Reject("no_sentences", f"question {ref_id} has no usable answer expressions")
         width, height = positive_int(row.get("width")), positive_int(row.get("height"))
@@ -147,7 +147,7 @@ def lmms_row_to_item(row: dict, *, dataset: str, split: str, source: str, bbox_f
     return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=id_str(row.get("ann_id")),
                      image_id=image_id, file_name=None if image_bytes is not None else file_name,
                      image_bytes=image_bytes, width=width, height=height, bbox_xyxy=bbox,
-                     sentences=sentences, source=source)
+                     sentences=sentences, source=source, skipped_sentences=skipped)
 
 
 def _image_info(value: Any) -> dict:
@@ -210,7 +210,9 @@ def jxu124_row_to_item(row: dict, *, dataset: str, source: str, split: str | Non
         image_id = (canonical_image_id(row.get("image_id")) or canonical_image_id(info.get("id"))
                     or image_id_from_file_name(file_name))
         bbox = bbox_to_xyxy(row.get("bbox"), bbox_format or DEFAULT_BBOX_FORMAT["jxu124"])
-        sentences = sentence_texts(row.get("sentences")) or sentence_texts(row.get("captions"))
+        sentences, skipped = split_sentences(row.get("sentences"))
+        if not sentences:
+            sentences, skipped = split_sentences(row.get("captions"))
         if not sentences:
             raise _Reject("no_sentences", f"ref {ref_id} has no usable sentences")
         width = positive_int(info.get("width")) or positive_int(row.get("width"))
@@ -219,7 +221,7 @@ def jxu124_row_to_item(row: dict, *, dataset: str, source: str, split: str | Non
         return make_reject(source, rej.reason, rej.detail)
     return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=id_str(row.get("ann_id")),
                      image_id=image_id, file_name=file_name, image_bytes=None, width=width, height=height,
-                     bbox_xyxy=bbox, sentences=sentences, source=source)
+                     bbox_xyxy=bbox, sentences=sentences, source=source, skipped_sentences=skipped)
 
 
 # ---------------------------------------------------------------- files

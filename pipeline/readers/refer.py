@@ -60,13 +60,18 @@ class _Reject(Exception):
 
 def make_item(*, dataset: str, split: str, ref_id: str, ann_id: str | None, image_id: str,
               file_name: str | None, image_bytes: bytes | None, width: int | None, height: int | None,
-              bbox_xyxy: list[float], sentences: list[str], source: str) -> dict:
-    """The normalised output of every RefCOCO reader (one per ref, sentences not yet deduplicated)."""
-    return {
+              bbox_xyxy: list[float], sentences: list[str], source: str, skipped_sentences: int = 0) -> dict:
+    """The normalised output of every RefCOCO reader (one per ref, sentences not yet deduplicated);
+    `skipped_sentences`: entries of the ref's sentences that were blank or not text (the key is there only
+    when some were)."""
+    item = {
         "dataset": dataset, "split": split, "ref_id": ref_id, "ann_id": ann_id, "image_id": image_id,
         "file_name": file_name, "image_bytes": image_bytes, "width": width, "height": height,
         "bbox_xyxy": bbox_xyxy, "sentences": sentences, "source": source,
     }
+    if skipped_sentences:
+        item["skipped_sentences"] = skipped_sentences
+    return item
 
 
 def make_reject(source: str, reason: str, detail: str) -> Rejected:
@@ -228,8 +233,13 @@ def check_dataset(dataset: str) -> None:
 
 
 def sentence_texts(value: Any) -> list[str]:
+    return split_sentences(value)[0]
+
+
+def split_sentences(value: Any) -> tuple[list[str], int]:
     """Expressions from a sentences field: refer dicts ({raw, sent, ...}: `raw`, else `sent`) or plain
-    strings. Non-text and blank entries are skipped; the raw form is kept as is."""
+    strings, and how many entries were skipped as blank or not text (counted by the builder, never lost
+    silently). The raw form is kept as is."""
     if isinstance(value, (str, bytes)):
         text = _text(value)
         if text is not None and text.lstrip().startswith("["):
@@ -240,8 +250,8 @@ def sentence_texts(value: Any) -> list[str]:
         else:
             value = [text]
     if not isinstance(value, (list, tuple)):
-        return []
-    out = []
+        return [], 0
+    out, skipped = [], 0
     for sent in value:
         if isinstance(sent, dict):
             sent = _str_keys(sent)
@@ -252,7 +262,9 @@ def sentence_texts(value: Any) -> list[str]:
             text = _text(sent)
         if text is not None and text.strip():
             out.append(text)
-    return out
+        else:
+            skipped += 1
+    return out, skipped
 
 
 def required(row: dict, key: str, convert=id_str):
@@ -386,14 +398,14 @@ def ref_to_item(ref: Any, index: ReferIndex, *, dataset: str, source: str) -> di
         if not file_name:
             raise _Reject("missing_field", f"image {image_id} has no file_name in instances.json")
         bbox = bbox_to_xyxy(raw_bbox, "xywh")
-        sentences = sentence_texts(ref.get("sentences"))
+        sentences, skipped = split_sentences(ref.get("sentences"))
         if not sentences:
             raise _Reject("no_sentences", f"ref {ref_id} has no usable sentences")
     except _Reject as rej:
         return make_reject(source, rej.reason, rej.detail)
     return make_item(dataset=dataset, split=split, ref_id=ref_id, ann_id=ann_id, image_id=image_id,
                      file_name=file_name, image_bytes=None, width=width, height=height, bbox_xyxy=bbox,
-                     sentences=sentences, source=source)
+                     sentences=sentences, source=source, skipped_sentences=skipped)
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -47,7 +47,7 @@ from groundforge.pipeline.builders.grit.read import ReadCaptionsFn, TextFn
 from groundforge.pipeline.builders.grit.text import text_stage
 from groundforge.pipeline.config import INPUT_FILE, BuildConfig, check_split, option
 from groundforge.pipeline.emit import REJECTS, STATS
-from groundforge.pipeline.handlers.common import DEVICES, DTYPES
+from groundforge.pipeline.handlers.common import DEVICES, DTYPES, check_model
 from groundforge.pipeline.options import check_dir, parse_tasks
 from groundforge.pipeline.readers.captions import (
     check_caption_columns,
@@ -225,6 +225,8 @@ class GritBuilder(Builder):
         except ReaderError as err:
             raise click.UsageError(str(err)) from None
         grounder = resolve_grounder(source, c.grounder, c.model)
+        if grounder in ("detector", "florence2"):
+            check_model(c.model, c.trust_remote_code)  # before OUT is touched, not in the grounding stage
         if source.kind != "grit20m":
             try:
                 load_spacy(c.spacy_model)  # fail here, once, rather than in every worker
