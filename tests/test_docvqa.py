@@ -229,3 +229,35 @@ def test_vqa_rendering_per_format_and_florence2_processor():
     with pytest.raises(ValueError) as err:
         render_record({**record, "caption": "Is <DocVQA> here?"}, "qwen2vl")
     assert err.value.reason == "control_tokens"
+
+
+def test_image_mode_path_and_images_folder(tmp_path, json_input):
+    out, _ = build_cli("docvqa", tmp_path, ["--json", json_input, "--images", json_input.parent,
+                                            "--image-mode", "path", "--format", "qwen25vl"])
+    rows = read_rows(out)
+    assert len(rows) == 3
+    assert {r["image"]["path"] for r in rows} == {"documents/xnbl0037_1.png", "documents/pybv0228_81.png"}
+    assert all(r["image"]["bytes"] is None for r in rows)
+    assert all(len(r["image_sha256"]) == 64 for r in rows)
+
+
+def test_shipped_sample_regenerates_and_is_answerable(tmp_path):
+    from groundforge.pipeline.sample import DOCVQA_DIR, DOCVQA_DOCS, generate_docvqa
+    from PIL import Image
+
+    generate_docvqa(tmp_path)
+    for name in ("train_v1.0.json", "val_v1.0.json"):
+        assert (tmp_path / name).read_bytes() == (DOCVQA_DIR / name).read_bytes()
+    shipped = sorted(p.name for p in (DOCVQA_DIR / "documents").iterdir())
+    assert shipped == sorted(p.name for p in (tmp_path / "documents").iterdir())
+    assert {name.rsplit(".", 1)[1] for name in shipped} == {"png", "jpg"}
+    for name in shipped:
+        with Image.open(DOCVQA_DIR / "documents" / name) as a, Image.open(tmp_path / "documents" / name) as b:
+            assert a.size == b.size == (400, 520) and a.format == b.format
+    questions = 0
+    for _split, _doc, _ucsf, _page, _ext, title, lines, qs in DOCVQA_DOCS:
+        text = " ".join([title, *lines])
+        for _qid, _q, answers, _types in qs:
+            assert answers[0].lower() in text.lower(), answers  # the target is written on the page
+            questions += 1
+    assert questions == 12
