@@ -11,7 +11,7 @@ import pytest
 from groundforge.pipeline.readers.docvqa import row_item
 from groundforge.transforms.records import record_id
 from groundforge.transforms.templates import parse_output, render_record
-from helpers import FAST_BEAM, build_cli, info_of, read_rows
+from helpers import build_cli, info_of, read_rows
 
 
 def png_bytes(width, height, text="", color=(250, 250, 245)) -> bytes:

@@ -23,7 +23,7 @@ case-sensitive, no whitespace normalisation, `1 - NL if NL < tau else 0`.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def levenshtein_distance(s1: str, s2: str) -> int:

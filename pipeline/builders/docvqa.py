@@ -29,7 +29,13 @@ from groundforge.pipeline.emit import (
 from groundforge.pipeline.options import check_dir
 from groundforge.pipeline.readers.coco import load_image
 from groundforge.pipeline.readers.common import ReaderError, read_exclude_images
-from groundforge.pipeline.readers.docvqa import choose, json_files, parquet_files, read_json_file, read_parquet_file
+from groundforge.pipeline.readers.docvqa import (
+    choose,
+    json_files,
+    parquet_files,
+    read_json_file,
+    read_parquet_file,
+)
 from groundforge.pipeline.sample import DOCVQA_SAMPLE_JSON
 from groundforge.pipeline.writer import grouped_outputs
 from groundforge.transforms.images import ImageError, prepare_image

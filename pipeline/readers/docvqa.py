@@ -17,13 +17,14 @@ import hashlib
 import json
 import posixpath
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.config import SPLIT_NAME
 from groundforge.pipeline.readers.common import (
-    Rejected,
     ReaderError,
+    Rejected,
     canonical_image_id,
     id_str,
     image_field,
@@ -31,7 +32,13 @@ from groundforge.pipeline.readers.common import (
     text_of,
 )
 from groundforge.pipeline.readers.refcoco_parquet import split_from_path
-from groundforge.pipeline.readers.tables import BadRow, iter_table_rows, match_files, table_columns, table_kind
+from groundforge.pipeline.readers.tables import (
+    BadRow,
+    iter_table_rows,
+    match_files,
+    table_columns,
+    table_kind,
+)
 
 LAYOUTS = ("json", "hf")
 HF_COLUMNS = ("questionId", "question", "question_types", "image", "docId", "ucsf_document_id",
