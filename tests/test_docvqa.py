@@ -174,6 +174,18 @@ def test_parquet_layouts_lmms_and_m4(tmp_path):
     assert info["stats"]["questions_read"] == 5 and info["stats"]["images_read"] == 2  # one decode per document
 
 
+def test_unreadable_json_file_is_one_reject(tmp_path, json_input):
+    (json_input.parent / "train_v1.0.json").write_text('[{"questionId": 1}]')  # rows, not the DocVQA object
+    (json_input.parent / "test_v1.0.json").write_text('{"data": [')  # truncated
+    out, _ = build_cli("docvqa", tmp_path, ["--json", json_input.parent / "*_v1.0.json"])
+    assert len(read_rows(out)) == 3  # val_v1.0.json still builds
+    bad = sorted((r["source"], r["detail"]) for r in read_rows(out, "rejects") if r["reason"] == "unreadable_file")
+    assert [s for s, _ in bad] == ["test_v1.0.json", "train_v1.0.json"]
+    assert bad[0][1].startswith("test_v1.0.json: not valid JSON")
+    assert bad[1][1].startswith("train_v1.0.json: not a DocVQA annotation file")
+    assert all(str(tmp_path) not in d for _, d in bad)
+
+
 def test_configuration_errors(tmp_path, json_input):
     _, result = build_cli("docvqa", tmp_path, ["--json", json_input, "--parquet", "x.parquet"], expect_exit=2)
     assert "not both" in result.output

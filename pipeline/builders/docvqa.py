@@ -88,8 +88,9 @@ class ReadFileFn(beam.DoFn):
                         yield stat("blank_answers_dropped", out["blank_answers"])
                     out = {**out, "images_root": self._root(path)}
                 yield out
-        except ReaderError as err:
-            yield reject(os.path.basename(path), "read", "unreadable_file", str(err))
+        except ReaderError as err:  # named by its base name, as record sources are: no local folder in OUT
+            name = os.path.basename(path)
+            yield reject(name, "read", "unreadable_file", str(err).replace(path, name))
 
     def _root(self, path: str) -> str | None:
         return os.path.dirname(path) if self.layout == "json" else None
