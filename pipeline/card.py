@@ -117,6 +117,15 @@ BIBTEX = {
   journal = {arXiv preprint arXiv:2502.13923},
   year    = {2025}
 }""",
+    "docvqa": """@inproceedings{mathew2021docvqa,
+  title     = {{DocVQA}: A Dataset for {VQA} on Document Images},
+  author    = {Mathew, Minesh and Karatzas, Dimosthenis and Jawahar, C. V.},
+  booktitle = {Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  pages     = {2200--2209},
+  year      = {2021},
+  eprint    = {2007.00398},
+  archivePrefix = {arXiv}
+}""",
     "shikra": """@article{chen2023shikra,
   title   = {Shikra: Unleashing Multimodal {LLM}'s Referential Dialogue Magic},
   author  = {Chen, Keqin and Zhang, Zhao and Zeng, Weili and Zhang, Richong and Zhu, Feng and Zhao, Rui},
@@ -254,6 +263,32 @@ def grit_card(input_kind: str = "coco") -> CardInfo:
                     tags=("grounding", "grounded-captions", "groundforge"), **kw)
 
 
+DOCVQA_URL = "https://rrc.cvc.uab.es/?ch=17"
+UCSF_IDL_URL = "https://www.industrydocuments.ucsf.edu/"
+
+
+def docvqa_card() -> CardInfo:
+    return CardInfo(
+        pretty_name="groundforge DocVQA (vqa)",
+        description=("Document visual question answering in the DocVQA layout: one `vqa` record per question. The "
+                     "question is the prompt (and `caption`), the target is the question's first answer, and "
+                     "`meta.answers` keeps every ground-truth answer so predictions can be scored with ANLS "
+                     "(groundforge.transforms.anls)."),
+        license="other", license_name="docvqa-terms", license_link=DOCVQA_URL,
+        annotation_license=("DocVQA questions and answers (Mathew et al., WACV 2021) are distributed by the Robust "
+                            f"Reading Competition portal ({DOCVQA_URL}, registration and acceptance of its terms "
+                            "required) and docvqa.org; they state no open license. Re-uploads on the Hugging Face "
+                            "Hub declare their own (lmms-lab/DocVQA: apache-2.0). Check the terms of your source "
+                            "before publishing."),
+        image_license=("DocVQA document images are pages of the UCSF Industry Documents Library "
+                       f"({UCSF_IDL_URL}), industry documents made public through litigation; use follows the "
+                       "library's terms. The shipped groundforge sample documents are synthetic."),
+        source_datasets=("extended|docvqa",),
+        task_categories=("visual-question-answering", "document-question-answering", "image-text-to-text"),
+        citations=(BIBTEX["docvqa"],),
+        tags=("document-vqa", "docvqa", "groundforge"))
+
+
 COUNTING = counting_card()
 REFCOCO = {name: refcoco_card(name) for name in REFCOCO_NAMES}
 GRIT = grit_card("coco")
@@ -274,6 +309,8 @@ def card_for(info: dict) -> CardInfo:
         return grit_card(kind if kind in GRIT_INPUTS else "captions")
     if builder == "counting":
         return COUNTING
+    if builder == "docvqa":
+        return docvqa_card()
     return CardInfo(pretty_name=f"groundforge {info.get('dataset', 'dataset')}",
                     description="Grounded vision-language records built by groundforge.",
                     license="other", license_name="source-licenses",

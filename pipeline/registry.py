@@ -7,6 +7,7 @@ import importlib
 BUILDERS = {
     "counting": ("groundforge.pipeline.builders.counting",
                  "Counting questions (counting, count_class) from COCO boxes."),
+    "docvqa": ("groundforge.pipeline.builders.docvqa", "DocVQA document questions (vqa): original JSON or HF Parquet."),
     "grit": ("groundforge.pipeline.builders.grit",
              "GRIT-style grounded captions (Kosmos-2): noun chunks grounded by boxes or a detector."),
     "refcoco": ("groundforge.pipeline.builders.refcoco",

@@ -2,7 +2,9 @@
 
 `python -m groundforge.pipeline.sample [DIR]` regenerates pipeline/sample_data/ (committed, so builds never depend on
 this script): images/*.jpg, instances.json (COCO detection), captions.json (COCO captions) and
-refcoco/refs(unc).p + refcoco/instances.json (the lichengunc/refer layout, pickle protocol 2).
+refcoco/refs(unc).p + refcoco/instances.json (the lichengunc/refer layout, pickle protocol 2), and docvqa/
+(six synthetic documents and {train,val}_v1.0.json in the original DocVQA layout; `python -m
+groundforge.pipeline.sample DIR docvqa` writes only that part).
 """
 from __future__ import annotations
 
@@ -140,6 +142,91 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+# ---------------------------------------------------------------- DocVQA sample (the original DocVQA JSON layout)
+
+DOCVQA_DIR = SAMPLE_DIR / "docvqa"
+DOCVQA_SAMPLE_JSON = DOCVQA_DIR / "*_v1.0.json"  # train_v1.0.json and val_v1.0.json, as the DocVQA release names them
+DOC_SIZE = (400, 520)
+
+# Synthetic documents (the ucsf ids are made up, in the style of the real ones): each is
+# (split, docId, ucsf_document_id, page, image extension, title, body lines, questions), a question being
+# (questionId, question, answers, question_types).
+DOCVQA_DOCS = [
+    ("train", 4101, "gfxd0001", "1", "png", "MEMORANDUM",
+     ["TO: Dr. Helen Park", "FROM: R. J. Adams", "DATE: March 3, 1998", "SUBJECT: Budget review",
+      "", "Please send the revised budget", "for the Q2 study by Friday."],
+     [(51001, "Who is the memo addressed to?", ["Dr. Helen Park", "Helen Park"], ["layout"]),
+      (51002, "What is the date of the memo?", ["March 3, 1998", "3/3/98"], ["layout"]),
+      (51003, "What is the subject of the memo?", ["Budget review"], ["form"])]),
+    ("train", 4102, "gfxd0002", "2", "png", "INVOICE No. 7731",
+     ["Bill to: Lorillard Corp.", "Item            Qty   Amount", "Paper (A4)       10   $45.00",
+      "Toner             2   $120.00", "TOTAL                $165.00"],
+     [(51004, "What is the invoice number?", ["7731"], ["layout"]),
+      (51005, "What is the total amount?", ["$165.00", "165.00"], ["table/list"]),
+      (51006, "How many toner units were billed?", ["2"], ["table/list"])]),
+    ("train", 4103, "gfxd0003", "1", "jpg", "FAX COVER SHEET",
+     ["To: Quality Control", "Fax: (336) 741-5000", "Pages: 4 (including cover)", "Urgent: YES"],
+     [(51007, "How many pages are in the fax?", ["4", "4 (including cover)"], ["form"]),
+      (51008, "Is the fax urgent?", ["yes"], ["form", "Yes/No"])]),
+    ("train", 4104, "gfxd0004", "3", "png", "RESEARCH REPORT",
+     ["Table 2. Test results", "Sample   Nicotine (mg)", "A-12      0.81", "B-07      1.02",
+      "", "Prepared by the R&D Department"],
+     [(51009, "What is the nicotine value for sample B-07?", ["1.02", "1.02 mg"], ["table/list"])]),
+    ("val", 4201, "gfxd0005", "1", "jpg", "MEETING AGENDA",
+     ["Place: Room 4B, Winston-Salem", "Time: 10:30 a.m.", "1. Opening remarks", "2. Sales figures"],
+     [(52001, "Where is the meeting held?", ["Room 4B, Winston-Salem", "Room 4B"], ["layout"]),
+      (52002, "At what time does the meeting start?", ["10:30 a.m.", "10:30"], ["form"])]),
+    ("val", 4202, "gfxd0006", "5", "png", "ORDER FORM",
+     ["Name: J. Smith", "Brand: Newport", "Cartons: 12", "Signature: J. Smith"],
+     [(52003, "How many cartons were ordered?", ["12", "twelve"], ["form"])]),
+]
+
+
+def _draw_document(title: str, lines: list[str], ext: str) -> bytes:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", DOC_SIZE, (250, 248, 240))
+    draw = ImageDraw.Draw(img)
+    big, small = ImageFont.load_default(size=22), ImageFont.load_default(size=15)
+    draw.text((24, 24), title, fill=(10, 10, 10), font=big)
+    draw.line([(24, 58), (DOC_SIZE[0] - 24, 58)], fill=(60, 60, 60), width=2)
+    y = 76
+    for line in lines:
+        draw.text((24, y), line, fill=(25, 25, 25), font=small)
+        y += 26
+    draw.rectangle([(20, DOC_SIZE[1] - 44), (DOC_SIZE[0] - 20, DOC_SIZE[1] - 20)], outline=(120, 120, 120))
+    draw.text((28, DOC_SIZE[1] - 40), "groundforge synthetic sample - not a UCSF document", fill=(90, 90, 90),
+              font=ImageFont.load_default(size=11))
+    buf = io.BytesIO()
+    if ext == "jpg":
+        img.save(buf, format="JPEG", quality=90)
+    else:
+        img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def generate_docvqa(out: Path = DOCVQA_DIR) -> None:
+    """The DocVQA sample: documents/*.png|jpg and {train,val}_v1.0.json in the original release's layout."""
+    (out / "documents").mkdir(parents=True, exist_ok=True)
+    splits: dict[str, list[dict]] = {}
+    for split, doc_id, ucsf, page, ext, title, lines, questions in DOCVQA_DOCS:
+        image = f"documents/{ucsf}_{page}.{ext}"
+        (out / image).write_bytes(_draw_document(title, lines, ext))
+        for question_id, question, answers, types in questions:
+            splits.setdefault(split, []).append({
+                "questionId": question_id, "question": question, "question_types": types, "image": image,
+                "docId": doc_id, "ucsf_document_id": ucsf, "ucsf_document_page_no": page, "answers": answers,
+                "data_split": split})
+    for split, data in splits.items():
+        _write_json(out / f"{split}_v1.0.json", {"dataset_name": "docvqa", "dataset_split": split,
+                                                 "dataset_version": "1.0", "data": data})
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLE_DIR)
-    print(f"wrote sample to {sys.argv[1] if len(sys.argv) > 1 else SAMPLE_DIR}", file=sys.stderr)
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLE_DIR
+    if len(sys.argv) > 2 and sys.argv[2] == "docvqa":  # only the DocVQA sample: the rest stays byte-identical
+        generate_docvqa(target / "docvqa")
+    else:
+        generate(target)
+        generate_docvqa(target / "docvqa")
+    print(f"wrote sample to {target}", file=sys.stderr)

@@ -16,7 +16,7 @@ RECORD_COLUMNS = (
     "id", "dataset", "split", "task", "format", "prompt", "target", "image", "image_id",
     "width", "height", "image_sha256", "objects", "caption", "meta",
 )
-TASKS = ("rec", "reg", "grounded_caption", "phrase_grounding", "counting", "count_class", "detection")
+TASKS = ("rec", "reg", "grounded_caption", "phrase_grounding", "counting", "count_class", "detection", "vqa")
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,6 +19,11 @@ CASES = {
                 "testB": {"rec": 22, "reg": 22}},
         rejects={},
         stats={"refs_read": 123, "images_read": 50, "duplicate_sentences": 26}),
+    "docvqa": dict(
+        options={},
+        splits={"train": {"vqa": 9}, "val": {"vqa": 3}},
+        rejects={},
+        stats={"questions_read": 12, "images_read": 6}),
     "grit": dict(
         options={"tasks": "grounded_caption,rec"},
         splits={"train": {"grounded_caption": 50, "rec": 101}},

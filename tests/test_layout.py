@@ -142,6 +142,8 @@ def test_wheel_installs_one_groundforge_package(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"groundforge"}
     assert "groundforge/pipeline/sample_data/refcoco/refs(unc).p" in names
+    assert "groundforge/pipeline/sample_data/docvqa/val_v1.0.json" in names
+    assert "groundforge/pipeline/sample_data/docvqa/documents/gfxd0003_1.jpg" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import json, groundforge; from groundforge.pipeline.sample import SAMPLE_DIR;"
@@ -149,4 +151,4 @@ def test_wheel_installs_one_groundforge_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(site), "PATH": ""})
     file, builders, sample = json.loads(out.stdout)
-    assert file.startswith(str(site)) and builders == ["counting", "grit", "refcoco"] and sample
+    assert file.startswith(str(site)) and builders == ["counting", "docvqa", "grit", "refcoco"] and sample

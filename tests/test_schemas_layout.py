@@ -34,7 +34,7 @@ def test_record_errors_flag_schema_and_box_problems():
            "image_sha256": "a" * 64, "objects": [{"label": "x", "bbox": [0, 0, 5, 5], "score": 1.0, "span": []}],
            "caption": None, "meta": "{}"}
     assert schemas.record_errors(row) == []
-    assert schemas.record_errors({**row, "task": "vqa"})[0].startswith("task:")
+    assert schemas.record_errors({**row, "task": "ocr"})[0].startswith("task:")
     bad = {**row, "objects": [{"label": "x", "bbox": [0, 0, 50, 5], "score": 1.0, "span": []}]}
     assert schemas.record_errors(bad) == ["objects/0/bbox: [0, 0, 50, 5] not inside 10x10 or empty"]
     assert schemas.record_errors({**row, "meta": "{"})[0].startswith("meta: not JSON")

@@ -49,6 +49,7 @@ RECORDS = {
                        meta=json.dumps({"classes": ["dog", "person", "cat"]})),
     "count_class": record("count_class", [obj("dog", DOG1), obj("dog", DOG2)], caption="dog",
                           meta={"class": "dog"}),
+    "vqa": record("vqa", [], caption="What is the date?", meta={"answers": ["1/8/93", "January 8, 1993"]}),
 }
 
 # (task, format) -> (template id, prompt, target) for record id "rec-1", seed 0
@@ -263,6 +264,8 @@ def test_parse_output_other_tasks():
             assert parsed == 2
         elif task == "reg":
             assert parsed == "the man on the left"
+        elif task == "vqa":
+            assert parsed == "1/8/93"
 
 
 def test_counting_target_follows_class_order_and_drops_zeros():
@@ -337,7 +340,9 @@ def test_template_choice_deterministic_and_seed_dependent():
 def test_paraphrases_only_for_free_form_formats():
     fixed = {"florence2", "kosmos2", "paligemma"}
     for (task, fmt), group in REGISTRY.items():
-        if task in ("counting", "count_class") or fmt not in fixed:
+        if task == "vqa":  # the question is the instruction: one template per format
+            assert len(group) == 1, (task, fmt)
+        elif task in ("counting", "count_class") or fmt not in fixed:
             assert len(group) >= 2, (task, fmt)
         else:
             assert len(group) == 1, (task, fmt)
@@ -361,7 +366,7 @@ def test_render_errors():
     with pytest.raises(ValueError, match="florence2"):
         render_record(RECORDS["rec"], "llava")
     with pytest.raises(RenderError) as err:
-        render_record({**RECORDS["rec"], "task": "vqa"}, "florence2")
+        render_record({**RECORDS["rec"], "task": "ocr"}, "florence2")
     assert err.value.reason == "unknown_task"
     with pytest.raises(RenderError) as err:
         render_record({**RECORDS["rec"], "objects": []}, "florence2")

@@ -30,7 +30,7 @@ class Template(NamedTuple):
     id: str
     task: str
     fmt: str
-    prompt: str  # str.format pattern; fields: expr, phrase, phrases, caption, box, classes, plural
+    prompt: str  # str.format pattern; fields: expr, phrase, phrases, caption, box, classes, plural, question
 
     def render(self, fields: dict) -> str:
         return self.prompt.format_map(fields)
@@ -88,6 +88,8 @@ def _paraphrases(task: str, fmt: str) -> tuple[str, ...]:
     codec = get_codec(fmt)
     if task in codec.fixed_prompts:
         return (codec.fixed_prompts[task],)
+    if task == "vqa":  # the question is the instruction: one template, asked the way the format asks questions
+        return (codec.question.format("{question}"),)
     if task in ("counting", "count_class"):
         base = _COUNT if task == "counting" else _COUNT_CLASS
         return tuple(codec.question.format(p) for p in base)
@@ -335,9 +337,30 @@ def _count_class(ctx: _Ctx):
     return {"plural": phrase}, str(count)
 
 
+def _vqa(ctx: _Ctx):
+    """Document VQA: the question is the caption, the answers are meta["answers"] (all kept for ANLS); the
+    target is the first answer, whitespace collapsed (DocVQA lists the original annotator's answer first, and
+    the Hugging Face Florence-2 DocVQA fine-tune trains on `example['answers'][0]`)."""
+    question = " ".join(ctx.caption.split())
+    if not question:
+        raise RenderError("missing_text", "vqa needs a question (caption)")
+    answers = ctx.meta.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise RenderError("bad_meta", "vqa needs meta.answers, a non-empty list of strings")
+    for i, answer in enumerate(answers):
+        tokens = find_special_tokens(answer)
+        if tokens:
+            raise ControlTokenError(f"meta.answers[{i}]", tokens)
+        ctx.codec.check_text(f"meta.answers[{i}]", answer)
+    target = " ".join(answers[0].split())
+    if not target:
+        raise RenderError("missing_text", "the first answer is blank")
+    return {"question": question}, target
+
+
 _RENDERERS = {"rec": _rec, "reg": _reg, "grounded_caption": _grounded_caption,
               "phrase_grounding": _phrase_grounding, "detection": _detection, "counting": _counting,
-              "count_class": _count_class}
+              "count_class": _count_class, "vqa": _vqa}
 
 
 def render_record(record: dict, fmt: str, seed: int = 0, options: FormatOptions | None = None) -> Rendered:
@@ -462,7 +485,8 @@ def parse_output(task: str, fmt: str, text: str, width: int, height: int, meta=N
 
     rec / phrase_grounding / detection / grounded_caption: [(label, [x1, y1, x2, y2])] in pixels;
     counting: dict class -> int, or None if the text is not a JSON object of non-negative ints;
-    count_class: int or None; reg: the expression (text before any box markup the target repeats).
+    count_class: int or None; reg: the expression (text before any box markup the target repeats);
+    vqa: the answer text (score it with transforms.anls against meta["answers"]).
     `meta` (the record's meta, dict or JSON) gives the coordinate frame the record was rendered in
     (meta["frame"]); without it the default FormatOptions frame is used.
     """
@@ -470,6 +494,8 @@ def parse_output(task: str, fmt: str, text: str, width: int, height: int, meta=N
     text = _clean(text)
     if task == "reg":
         return _region_text(fmt, text)
+    if task == "vqa":
+        return text
     if task == "counting":
         return _parse_counts(text)
     if task == "count_class":

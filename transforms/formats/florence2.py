@@ -23,6 +23,9 @@ class Florence2Codec(Codec):
         "grounded_caption": "<CAPTION_TO_PHRASE_GROUNDING>{caption}",
         "phrase_grounding": "<CAPTION_TO_PHRASE_GROUNDING>{phrase}",
         "detection": "<OD>",
+        # not a pretrained task: the task prefix of the Hugging Face DocVQA fine-tune (blog "Fine-tuning
+        # Florence-2", andimarafioti/florence2-finetuning: question = "<DocVQA>" + example['question'])
+        "vqa": "<DocVQA>{question}",
     }
     # transformers' parsers read a label as `[^<]+` before the locations
     label_stops = "<"
@@ -34,6 +37,7 @@ class Florence2Codec(Codec):
         r"|REGION_PROPOSAL|CAPTION_TO_PHRASE_GROUNDING|REFERRING_EXPRESSION_SEGMENTATION|REGION_TO_SEGMENTATION"
         r"|OPEN_VOCABULARY_DETECTION|REGION_TO_CATEGORY|REGION_TO_DESCRIPTION|REGION_TO_OCR)>",
         r"<[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+>",  # any other Florence-2 style task token
+        r"<DocVQA>",  # the DocVQA fine-tune's task prefix
     )
     _LOCS_RE = re.compile(r"(?:<loc_\d+>)+")
     _LOC_RE = re.compile(r"<loc_(\d+)>")

@@ -23,6 +23,10 @@ class PaliGemmaCodec(RoundedCodec):
         "grounded_caption": "detect {phrases}",
         "phrase_grounding": "detect {phrase}",
         "detection": "detect {classes}",
+        # big_vision's DocVQA transfer (configs/proj/paligemma/transfers/docvqa.py) feeds the bare question as
+        # the prefix (`copy(inkey="question", outkey="prefix")`); its VQAv2 transfer, by contrast, prefixes
+        # "answer en " (kept here for counting questions)
+        "vqa": "{question}",
     }
     question = "answer en {}"
     class_sep = " ; "
