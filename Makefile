@@ -29,6 +29,8 @@ demo: $(VENV)/.core
 	$(BIN)/groundforge validate $(DEMO)/counting
 	$(BIN)/groundforge build grit --out $(DEMO)/grit --exclude-images $(DEMO)/refcoco/holdout_image_ids.txt
 	$(BIN)/groundforge validate $(DEMO)/grit
+	$(BIN)/groundforge build docvqa --out $(DEMO)/docvqa
+	$(BIN)/groundforge validate $(DEMO)/docvqa
 	$(BIN)/groundforge preview $(DEMO)/counting --out $(DEMO)/preview.html
 	$(BIN)/groundforge preview $(DEMO)/refcoco --out $(DEMO)/preview-refcoco.html
 	$(BIN)/groundforge preview $(DEMO)/grit --out $(DEMO)/preview-grit.html

@@ -111,3 +111,17 @@ def test_mean_and_bad_answers():
         anls("x", [1])
     with pytest.raises(ValueError):
         mean_anls(["a"], [])
+
+
+def test_eval_scores_vqa_records_with_anls_against_every_answer():
+    import json
+
+    from groundforge.train.metrics import score_records
+
+    record = {"task": "vqa", "format": "florence2", "prompt": "<DocVQA>What is the total?", "target": "$165.00",
+              "width": 100, "height": 100, "objects": [], "meta": json.dumps({"answers": ["$165.00", "165.00"]})}
+    report = score_records([record, record, record], ["165.00", "$165.0", "nothing like it"])
+    vqa = report["vqa"]
+    assert vqa["n"] == 3 and vqa["exact_match"] == 1 / 3
+    # exact second answer: 1; "$165.0" vs "$165.00": 1 - 1/7; the third is beyond tau: 0
+    assert abs(vqa["anls"] - (1 + (1 - 1 / 7) + 0) / 3) < 1e-9

@@ -23,6 +23,9 @@ batches is exact:
   reg                         n, exact, f1, refs          against every reference sentence of the region (all
                                                           records of the same ref): exact_match = exact / n (any
                                                           reference), similarity = mean of the best token F1
+  vqa                         n, anls, nls, exact         against every answer in meta["answers"] (DocVQA): anls
+                                                          (tau 0.5, the DocVQA metric), normalized_levenshtein_
+                                                          similarity (the HF Florence-2 fine-tune's), exact_match
 Every task also counts `unparsed` (the parser raised, or found no answer).
 `Scores` sums the counters as generations arrive, so evaluation memory does not grow with the shard set.
 """
@@ -206,9 +209,28 @@ def score_record(record: dict, generation: str, threshold: float = 0.5, referenc
         c["unparsed"] = int(parsed is None)
         c.update(exact=int(any(normalize_text(pred) == normalize_text(r) for r in refs)),
                  f1=max(token_f1(pred, r) for r in refs), refs=len(refs))
+    elif task == "vqa":
+        from groundforge.transforms.anls import anls, normalized_levenshtein_similarity
+
+        pred = parsed if isinstance(parsed, str) else ""
+        answers = vqa_answers(record)
+        c.update(anls=anls(pred, answers), nls=normalized_levenshtein_similarity(pred, answers),
+                 exact=int(any(normalize_text(pred) == normalize_text(a) for a in answers)))
     else:
         raise ValueError(f"no metric for task {task!r}")
     return c
+
+
+def vqa_answers(record: dict) -> list[str]:
+    """Every accepted answer of a vqa record (meta["answers"], DocVQA), else its target."""
+    try:
+        meta = json.loads(record.get("meta") or "{}")
+    except ValueError:
+        meta = {}
+    answers = meta.get("answers") if isinstance(meta, dict) else None
+    if isinstance(answers, list) and all(isinstance(a, str) for a in answers) and answers:
+        return answers
+    return [record["target"]]
 
 
 def majority_baseline(answers: Counter, n: int) -> dict:
@@ -241,6 +263,10 @@ def derived(task: str, c: dict, threshold: float = 0.5, answers: Counter | None 
     elif task == "reg":
         out["exact_match"] = c["exact"] / n if n else 0.0
         out["similarity"] = c["f1"] / n if n else 0.0
+    elif task == "vqa":
+        out["anls"] = c["anls"] / n if n else 0.0
+        out["normalized_levenshtein_similarity"] = c["nls"] / n if n else 0.0
+        out["exact_match"] = c["exact"] / n if n else 0.0
     return out
 
 
@@ -310,7 +336,7 @@ def headline(report: dict) -> dict:
     """One number per task, for logs: {"rec/acc@0.5": 0.71, ...}."""
     keys = {"rec": "acc@0.5", "phrase_grounding": "recall@0.5", "detection": "recall@0.5",
             "grounded_caption": "phrase_recall@0.5", "counting": "accuracy", "count_class": "accuracy",
-            "reg": "exact_match"}
+            "reg": "exact_match", "vqa": "anls"}
     out = {f"{t}/{keys[t]}": round(v[keys[t]], 4) for t, v in report.items() if keys.get(t) in v}
     for t in ("counting", "count_class"):
         if t in report and "majority_accuracy" in report[t]:

@@ -40,7 +40,7 @@ class SwiftTarget(Target):
         caption = row.get("caption") or ""
         texts = {"caption": caption, **{f"objects[{i}].label": o[0] for i, o in enumerate(objects)}}
         check_tags(texts, SWIFT_TAGS, model_tokens=True)
-        if task in ("counting", "count_class"):
+        if task in ("counting", "count_class", "vqa"):
             return self._plain(row)
         build = _TASKS.get(task)
         if build is None:
