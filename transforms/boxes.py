@@ -4,14 +4,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from groundforge.transforms.errors import ReasonError
 
-class BoxError(ValueError):
+
+class BoxError(ReasonError):
     """A box that cannot be used. `reason` is the reject reason (snake_case)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def xywh_to_xyxy(box: Sequence[float]) -> list[float]:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import re
 
-from groundforge.transforms.formats.base import GENERIC_TAGS, Codec, Decoded, FormatOptions
+from groundforge.transforms.formats.base import (
+    GENERIC_TAGS,
+    Codec,
+    Decoded,
+    FormatOptions,
+)
 from groundforge.transforms.formats.florence2 import Florence2Codec
 from groundforge.transforms.formats.kosmos2 import Kosmos2Codec
 from groundforge.transforms.formats.paligemma import PaliGemmaCodec

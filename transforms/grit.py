@@ -13,16 +13,12 @@ from collections import Counter
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 from groundforge.transforms.boxes import BoxError, checked_box
+from groundforge.transforms.errors import ReasonError
 from groundforge.transforms.nounphrases import not_contained
 
 
-class RowError(ValueError):
+class RowError(ReasonError):
     """A GRIT-20M row that cannot be used; `reason` is the reject reason."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _entry(span: tuple[int, int], box: Sequence[float], score: float, width: float, height: float

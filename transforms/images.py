@@ -16,6 +16,8 @@ import io
 import warnings
 from dataclasses import dataclass
 
+from groundforge.transforms.errors import ReasonError
+
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default bomb limit (about 0.25 GiB of RGBA)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # byte cap of an encoded image (file or embedded bytes)
 # PIL format names decoded. MPO (phone cameras: JPEG + depth/gain map frames) is opened by PIL's JPEG plugin.
@@ -24,13 +26,8 @@ _ORIENTATION_TAG = 0x0112
 _SAVE_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG", "MPO": "JPEG"}
 
 
-class ImageError(ValueError):
+class ImageError(ReasonError):
     """An unusable image. `reason` is the reject reason."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,15 @@ import posixpath
 import re
 import stat
 
+from groundforge.transforms.errors import ReasonError
+
 # `C:/x`, `C:\x`, `C:` (after backslashes became slashes): a Windows drive. `x:y.jpg` and `C:x.jpg` are plain
 # relative POSIX names (a colon is a legal file-name character), resolved inside the root like any other.
 _DRIVE = re.compile(r"[A-Za-z]:(/|$)")
 
 
-class PathError(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class PathError(ReasonError):
+    """An image path that is refused or cannot be read (absolute, traversal, link escape, ...)."""
 
 
 def _is_remote(root: str) -> bool:

@@ -5,6 +5,7 @@ import json
 import os
 
 from groundforge.transforms.codecs import find_special_tokens
+from groundforge.transforms.errors import ReasonError
 
 STAGE = "export"
 # Tags the consuming trainers expand into image tokens or grounding markup: a record text that carries one
@@ -16,13 +17,8 @@ _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "
           (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
 
-class ExportError(ValueError):
+class ExportError(ReasonError):
     """A record that cannot be exported; `reason` is the reject reason (snake_case)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def check_tags(fields: dict[str, str | None], tags=IMAGE_TAGS, model_tokens: bool = False) -> None:

@@ -36,6 +36,7 @@ from groundforge.pipeline.readers.common import (  # noqa: F401  (re-exported: t
 from groundforge.pipeline.readers.common import (
     text_of as _text,
 )
+from groundforge.transforms.errors import ReasonError
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 # (dataset -> split_by values that exist in lichengunc/refer)
@@ -47,13 +48,8 @@ class UnsafePickleError(ReaderError):
     """A pickle that references anything but plain containers and scalars."""
 
 
-class _Reject(Exception):
+class _Reject(ReasonError):
     """Internal: one row is unusable; turned into a read reject by the row function."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # ---------------------------------------------------------------- items and rejects

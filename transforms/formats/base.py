@@ -11,19 +11,16 @@ import math
 import re
 from typing import Iterable, Sequence
 
+from groundforge.transforms.errors import ReasonError
+
 Decoded = list[tuple[str, list[float]]]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # errors (re-exported by transforms.templates)
 
-class RenderError(ValueError):
+class RenderError(ReasonError):
     """A record that cannot be rendered. `reason` is the reject reason (snake_case)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class ControlTokenError(RenderError):

@@ -9,7 +9,15 @@ from __future__ import annotations
 import math
 import re
 
-from groundforge.transforms.formats.base import Codec, Decoded, clamp, clean_label, floats, ints, size
+from groundforge.transforms.formats.base import (
+    Codec,
+    Decoded,
+    clamp,
+    clean_label,
+    floats,
+    ints,
+    size,
+)
 
 
 class Florence2Codec(Codec):
