@@ -26,9 +26,9 @@ from groundforge.pipeline.emit import (
     render_or_reject,
     stat,
 )
+from groundforge.pipeline.image_files import load_image
 from groundforge.pipeline.options import check_dir
-from groundforge.pipeline.readers.coco import load_image
-from groundforge.pipeline.readers.common import ReaderError, read_exclude_images
+from groundforge.pipeline.readers.common import ReaderError, public_source, read_exclude_images
 from groundforge.pipeline.readers.docvqa import (
     choose,
     json_files,
@@ -137,18 +137,18 @@ class DocImageFn(beam.DoFn):
 
     def _load(self, item: dict):
         if item["image_bytes"] is not None:
-            return prepare_image(item["image_bytes"], self.c.max_pixels)
+            return prepare_image(item["image_bytes"], self.c.max_pixels, self.c.max_image_bytes)
         root = self.plan.images or item["images_root"]
         if not root:
             raise ImageError("missing_image", f"{item['file_name']}: no --images folder to read it from")
-        return load_image(root, item["file_name"], self.c.max_pixels)
+        return load_image(root, item["file_name"], self.c.max_pixels, self.c.max_image_bytes)
 
     def _record(self, item: dict, data: bytes, info):
         c = self.c
         keep_path = c.image_mode == "path" and item["image_bytes"] is None
         image = {"bytes": None if keep_path else data, "path": item["file_name"]}
         question = " ".join(item["question"].split())
-        meta = {"builder": NAME, "layout": item["layout"], "source": item["source"],
+        meta = {"builder": NAME, "layout": item["layout"], "source": public_source(item["source"]),
                 "question_id": item["question_id"], "answers": item["answers"], "doc_id": item["doc_id"],
                 "ucsf_document_id": item["ucsf_document_id"], "ucsf_document_page_no": item["ucsf_document_page_no"],
                 "question_types": item["question_types"], "file_name": item["file_name"], "license": LICENSE_NOTE}
