@@ -22,6 +22,8 @@ __all__ = ["FileTooLargeError", "NotAFileError", "delete", "exists", "join", "ma
 
 
 def join(base: str, *parts: str) -> str:
+    if _local(base):  # what Beam's LocalFileSystem.join does, without importing Beam (validate stays light)
+        return os.path.join(base, *parts)
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.join(base, *parts)
@@ -79,6 +81,11 @@ def _tmp_name(path: str) -> str:
 
 
 def match(pattern: str) -> list[str]:
+    """Files matching a glob, sorted (local ones without importing Beam)."""
+    if _local(pattern):
+        import glob
+
+        return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
     from apache_beam.io.filesystems import FileSystems
 
     result = FileSystems.match([pattern])[0]

@@ -15,7 +15,9 @@ import socket
 import click
 
 LOCK_FILE = ".groundforge.lock"
-OUTPUT_FILES = ("dataset_info.json", "README.md", "holdout_image_ids.txt")
+INFO_FILE = "dataset_info.json"
+HOLDOUT_FILE = "holdout_image_ids.txt"  # refcoco: image ids of every val/test split, for --exclude-images
+OUTPUT_FILES = (INFO_FILE, "README.md", HOLDOUT_FILE)
 OUTPUT_DIRS = ("data", "rejects")
 
 

@@ -428,9 +428,10 @@ def _check_html_path(html_path: str) -> None:
 
 @click.command("preview")
 @click.argument("out_dir")
-@click.option("--out", "html_path", default="preview.html", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--n", type=click.IntRange(1), default=24, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "html_path", default="preview.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write (its folder must exist).")
+@click.option("--n", type=click.IntRange(1), default=24, show_default=True, help="How many records to show.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the record sample.")
 @click.option("--image-root", default=None, help="Where image paths resolve for --image-mode path outputs.")
 def preview_cmd(out_dir, html_path, n, seed, image_root):
     """Write an HTML page of N records sampled across splits and tasks: boxes of `objects` beside what the

@@ -12,7 +12,7 @@ import json
 import re
 
 from groundforge.pipeline import fs
-from groundforge.pipeline.writer import INFO_FILE
+from groundforge.pipeline.outdir import INFO_FILE
 from groundforge.transforms.paths import safe_join
 
 MAX_INFO_BYTES = 64 * 1024 * 1024

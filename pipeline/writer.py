@@ -20,11 +20,10 @@ from typing import Any, Callable, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from groundforge.pipeline import fs
+from groundforge.pipeline.outdir import HOLDOUT_FILE, INFO_FILE  # noqa: F401 (re-exported)
 from groundforge.schemas import record_arrow_schema, reject_arrow_schema
 from groundforge.transforms.records import BUILDER_VERSION, bucket, reject
 
-INFO_FILE = "dataset_info.json"
-HOLDOUT_FILE = "holdout_image_ids.txt"  # refcoco: image ids of every val/test split, for --exclude-images
 MAX_ROWS_PER_GROUP = 1000
 REJECTS_PER_SHARD = 200_000
 

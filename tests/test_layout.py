@@ -115,6 +115,13 @@ def test_start_up_imports_no_heavy_library(args):
     assert _heavy_imports(*args) == []
 
 
+def test_validate_imports_no_heavy_library(tmp_path):
+    from helpers import build_cli
+
+    out, _ = build_cli("counting", tmp_path, [])
+    assert _heavy_imports("validate", str(out)) == []
+
+
 def test_every_option_has_help_text():
     import click
 
@@ -122,7 +129,7 @@ def test_every_option_has_help_text():
     from groundforge.pipeline.registry import builder_names
 
     missing = []
-    for cmd in [["render"], ["validate"]] + [["build", b] for b in builder_names()]:
+    for cmd in [["render"], ["validate"], ["preview"], ["export"]] + [["build", b] for b in builder_names()]:
         ctx_cmd = main
         ctx = main.make_context("groundforge", list(cmd) + ["--help"], resilient_parsing=True)
         for name in cmd:
