@@ -97,8 +97,49 @@ def build():
     """Build a dataset (extra --options go to Beam: --runner DataflowRunner --project P --region R ...)."""
 
 
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C: one line and exit 130 at once. Beam's local runners keep threads and worker processes that a
+    KeyboardInterrupt in the main thread does not stop (the process would hang or print their tracebacks), so the
+    build's lock is released, child processes are ended and the process exits without unwinding. A rerun
+    replaces whatever the build had started to write."""
+    from groundforge.pipeline.outdir import release_locks
+
+    _end_children()
+    release_locks()
+    click.echo("\ninterrupted", err=True)
+    os._exit(130)
+
+
+def _end_children() -> None:
+    """SIGKILL every descendant of this process (Beam's worker processes and theirs) before they print their own
+    interrupt tracebacks; Linux /proc only, a no-op elsewhere."""
+    import signal
+
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    parents.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    todo, found = [os.getpid()], []
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+
+
 def run(args: list[str] | None = None) -> None:
     """The console entry point: one line per error, never a traceback (GROUNDFORGE_DEBUG=1 shows it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)  # `train` installs its own handler (save at the step boundary)
     try:
         code = main.main(args, prog_name="groundforge", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

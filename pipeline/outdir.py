@@ -89,6 +89,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[str] = set()  # lock files this process holds, released by the CLI's Ctrl-C handler too
+
+
+def release_locks() -> None:
+    for path in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        _HELD.discard(path)
+
+
 @contextlib.contextmanager
 def output_lock(out: str):
     """Hold OUT/.groundforge.lock while a build writes OUT: a second build into the same folder fails at once with
@@ -120,9 +130,11 @@ def output_lock(out: str):
         raise click.ClickException(f"{out}: could not take the build lock {path}")
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
+    _HELD.add(path)
     try:
         yield
     finally:
+        _HELD.discard(path)
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 

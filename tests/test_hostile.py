@@ -104,16 +104,28 @@ def test_exclude_images_not_utf8_and_unknown_runner_are_one_line_errors(tmp_path
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "groundforge.pipeline.cli", "build", "grit", "--out",
-                             str(tmp_path / "o"), "--direct_running_mode=in_memory"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # inside the build (spaCy and Beam are loaded by then)
+    """SIGINT while the pipeline runs (the lock file exists from the moment OUT is taken)."""
+    sample = Path(__file__).resolve().parents[1] / "pipeline" / "sample_data"
+    base = json.loads((sample / "instances.json").read_text())
+    images = [{**img, "id": 100000 + 100 * k + i} for k in range(40) for i, img in enumerate(base["images"])]
+    (tmp_path / "big.json").write_text(json.dumps({"images": images, "annotations": [],
+                                                   "categories": base["categories"]}))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "groundforge.pipeline.cli", "build", "counting", "--coco",
+                             str(tmp_path / "big.json"), "--images", str(sample / "images"), "--out", str(out),
+                             "--direct_running_mode=in_memory"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (out / ".groundforge.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the build finished before the signal")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted"
+    assert not (out / ".groundforge.lock").exists()  # the lock is released on the way out
 
 
 # ---------------------------------------------------------------- silent loss and nondeterminism

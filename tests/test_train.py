@@ -10,21 +10,7 @@ from train_fixtures import make_record, write_shard, write_shards
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models are dominated by thread overhead; on shared CI cores one thread is ~30x faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from groundforge.train.tiny import save_random_florence2
-
-    return save_random_florence2(str(tmp_path_factory.mktemp("tiny-florence2")), "tiny", seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")

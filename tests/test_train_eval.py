@@ -8,23 +8,12 @@ import os
 
 import pytest
 
-from train_fixtures import make_record, tiny_florence2, write_shard
+from train_fixtures import make_record, write_shard
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return tiny_florence2(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run fastest on one thread
 
 
 def _build_out(root, shared_image: bool = False, holdout: list[str] | None = None) -> str:

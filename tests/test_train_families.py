@@ -16,17 +16,11 @@ from train_fixtures import make_record, tiny_florence2, write_shards
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run fastest on one thread
+
 FORMATS = ("paligemma", "qwen2vl", "qwen25vl", "kosmos2")
 # the token each family's answer ends with (labels include it; the model learns to stop)
 END = {"paligemma": "<eos>", "qwen2vl": "<|im_end|>", "qwen25vl": "<|im_end|>", "kosmos2": "</s>"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,9 @@ from train_fixtures import make_record, tiny_florence2, write_shards
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run fastest on one thread
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_fixtures.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return tiny_florence2(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,10 @@ MAX_AREA_FRAC = 0.95    # drop boxes covering more than this fraction of the ima
 MIN_SIDE_PX = 4.0
 MIN_AREA_FRAC = 1e-4
 
-# Reasons counted by filter_detections / detections_from_output; invalid boxes add the
-# boxes.BoxError reasons (bad_box, nan_box, inverted_box, outside_image, empty_box).
-DROP_REASONS = ("score_below_threshold", "box_too_large", "box_too_small", "nms_suppressed",
-                "no_box_left", "bad_label", "bad_box", "nan_box", "inverted_box", "outside_image",
-                "empty_box", "ambiguous_singular", "singular_extra_box")
+# Drop reasons counted by filter_detections / detections_from_output (the builder reports each as a
+# `dropped_<reason>` stat): score_below_threshold, box_too_large, box_too_small, nms_suppressed, no_box_left,
+# bad_label, ambiguous_singular, singular_extra_box, and the boxes.BoxError reasons of invalid boxes (bad_box,
+# nan_box, inverted_box, outside_image, empty_box).
 # ambiguous_singular (a chunk, ground_with_annotations): a singular phrase ("A bride") matched several boxes of its
 #   category; nothing tells which one it names, so it gets none.
 # singular_extra_box (a box, filter_detections with `singular`): a detector box of a singular phrase below its
