@@ -13,9 +13,10 @@ OUT/annotations/ and rendered `grounded_caption` / `rec` records under OUT/data/
 
 `--grit20m` rows already carry grounded chunks and expressions: they skip spaCy, grounding and filters.
 
-Referring expressions are expanded for every chunk in the text stage and reduced after grounding: of the
-expressions of chunks that kept a box, only those not contained in another are kept (Kosmos-2 expands the
-grounded chunks), and each inherits its chunk's boxes.
+Referring expressions are expanded for every chunk in the text stage and reduced after grounding: the expressions
+of chunks that kept a box go into the GRIT-20M annotation row (nested ones included, as released GRIT-20M keeps
+them); of those, only the ones not contained in another become `rec` records (Kosmos-2 expands the grounded
+chunks), each with its chunk's boxes.
 """
 from __future__ import annotations
 
