@@ -21,6 +21,7 @@ from groundforge.pipeline.emit import (
     stat,
 )
 from groundforge.pipeline.image_files import load_image
+from groundforge.pipeline.options import check_dir
 from groundforge.pipeline.readers.coco import image_items, parse_coco
 from groundforge.pipeline.readers.common import (
     canonical_image_id,
@@ -45,10 +46,11 @@ IMAGE_MODES = ("embed", "path")
 class CountingConfig(BuildConfig):
     coco: str | None = option(None, "COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped "
                               "sample).", type=INPUT_FILE, show_default=False)
-    images: str | None = option(None, "Image directory that file_name resolves in (default: next to --coco / the "
-                                "sample).", type=click.Path(exists=True, file_okay=False), show_default=False)
-    split: str = option("train", "Split name of the records.", check=check_split)
-    dataset: str = option("counting", "Dataset name of the records.")
+    images: str | None = option(None, "Image directory that file_name resolves in, local or a URL (gs://...) "
+                                "(default: next to --coco / the sample).",
+                                check=lambda v: check_dir(v, "--images") or v, show_default=False)
+    split: str = option("train", "Split name written into every record.", check=check_split)
+    dataset: str = option("counting", "Dataset name written into every record.")
     image_mode: str = option("embed", "Embed image bytes, or keep only file names relative to --images (very "
                              "large sets).", type=click.Choice(IMAGE_MODES))
     class_names: str | None = option(None, "JSON file mapping source class names to display names, e.g. "
