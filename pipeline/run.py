@@ -44,12 +44,21 @@ def _run_pipeline(builder, config, plan, options, args) -> None:
                   "rejects": _flatten(p, outs.rejects, "Rejects"),
                   "stats": _flatten(p, outs.stats, "Stats"),
                   **{name: pcoll for name, (pcoll, _) in outs.tables.items()}}
-        for kind in ("groups", "rejects", "stats"):  # side taps: the data path to the writer is untouched
-            _ = pcolls[kind] | f"Progress_{kind}" >> beam.ParDo(Progress("records" if kind == "groups" else kind))
+        _tap(outs.groups, "records", "ProgressRecords")
+        for kind, members in (("rejects", outs.rejects), ("stats", outs.stats)):
+            for i, pcoll in enumerate(members):
+                _tap(pcoll, kind, f"Progress_{kind}_{i}")
         _ = pcolls | WriteDataset(
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
             args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
             card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
+
+
+def _tap(pcoll, kind: str, label: str) -> None:
+    """A side branch that counts `pcoll` for progress; the data path to the writer is untouched. It taps each
+    output where the builder's DoFn makes it (not the flattened collection), so it is fused into that DoFn's stage
+    and counts while the stage runs, not after it."""
+    _ = pcoll | label >> beam.ParDo(Progress(kind))
 
 
 def _local_runner(options) -> tuple[bool, bool]:
