@@ -12,8 +12,8 @@ processes that inherit the driver's stderr. They import Beam before any of our c
 warning installs a `BASIC_FORMAT` handler there, and the harness then logs `INFO:__main__:Logging handler
 created.` (it raises the root level to INFO until it has read `--default_sdk_harness_log_level`). Nothing in
 such a process can be configured in time, so while a local multi-process pipeline runs, `relay_stderr` points
-fd 2 at a pipe and a thread copies its lines to the real stderr, dropping the noise lines (`noise_line`): what
-the workers print otherwise (errors, tracebacks) still reaches the terminal.
+fd 2 at a pipe and a thread copies its lines to the real stderr, dropping the noise lines (`noise_line`); worker
+errors still reach the terminal, as one line each (tracebacks with --verbose, `WorkerLines`).
 
 Progress channel. Counting happens where the pipeline already counts: run.py taps the flattened stats (`*_read`),
 rejects and image groups with a `emit.Progress` DoFn, which increments Beam Metrics counters (any runner) and
@@ -135,9 +135,56 @@ def noise_line(line: str) -> bool:
     return not os.environ.get("GROUNDFORGE_DEBUG") and bool(_NOISE_LINE.match(line))
 
 
+_LOG_LINE = re.compile(r"^(CRITICAL|ERROR|WARNING):([^:]*):(.*)$")  # Python's BASIC_FORMAT
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+class WorkerLines:
+    """What the relay shows of a worker process's stderr: noise lines never; with --verbose everything else as
+    printed; otherwise log lines as `error: name: message` and no tracebacks (the driver ends a failed run with
+    one `error:` line; --verbose or GROUNDFORGE_DEBUG=1 shows them)."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose or bool(os.environ.get("GROUNDFORGE_DEBUG"))
+        self.in_traceback = False
+
+    def __call__(self, line: str) -> str | None:
+        if noise_line(line):
+            return None
+        if self.verbose:
+            return line
+        if line.startswith("Traceback (most recent call last):"):
+            self.in_traceback = True
+            return None
+        if self.in_traceback:
+            if line[:1].isspace():
+                return None
+            self.in_traceback = False  # the exception line that ends it: its message was logged above it
+            return None
+        if not line.strip() or line.startswith(_CHAINED):
+            return None
+        match = _LOG_LINE.match(line)
+        if match:
+            level, name, message = match.groups()
+            return f"{level.lower()}: {'' if name == 'root' else name + ': '}{message}"
+        return line
+
+
+# Beam's local job service logs every worker log record again as one "Worker: severity: ... message: ..." line:
+# the worker process has printed it already (see WorkerLines). Shown with --verbose only.
+_WORKER_ECHO = "apache_beam.runners.portability.local_job_service"
+
+
 class NoiseFilter(logging.Filter):
+    def __init__(self, console: Console | None = None):
+        super().__init__()
+        self.console = console
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not is_noise(record)
+        if is_noise(record):
+            return False
+        verbose = self.console is not None and self.console.verbosity >= VERBOSE
+        return verbose or not (record.name == _WORKER_ECHO and str(record.msg).startswith("Worker: "))
 
 
 class ConsoleHandler(logging.Handler):
@@ -146,7 +193,7 @@ class ConsoleHandler(logging.Handler):
     def __init__(self, console: Console):
         super().__init__()
         self.console = console
-        self.addFilter(NoiseFilter())
+        self.addFilter(NoiseFilter(console))
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -436,11 +483,13 @@ def relay_stderr(console: Console):
     os.dup2(write_fd, 2)
     os.close(write_fd)
 
+    shown = WorkerLines(console.verbosity >= VERBOSE)
+
     def pump():
         with os.fdopen(read_fd, "rb") as pipe:
             for raw in pipe:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                if not noise_line(line):
+                line = shown(raw.decode("utf-8", "replace").rstrip("\n"))
+                if line is not None:
                     console.line(line)
 
     thread = threading.Thread(target=pump, name="groundforge-stderr", daemon=True)

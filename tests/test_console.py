@@ -82,23 +82,41 @@ def test_a_build_prints_only_groundforge_lines(tmp_path, mode):
     assert f'"rows": {match.group(1)}' in info
 
 
-def test_worker_stderr_relay_drops_noise_and_keeps_the_rest(tmp_path):
-    """What worker processes write to fd 2 while the relay is on: the harness's noise lines are dropped, anything
-    else (a real error, a traceback line) reaches the terminal, in order."""
+WORKER_STDERR = """\
+WARNING:root:apitools not found, and bigquery client libraries are not available despite the import not raising an ImportError.
+INFO:__main__:Logging handler created.
+ERROR:apache_beam.runners.common:boom in worker [while running 'Count']
+Traceback (most recent call last):
+  File "apache_beam/runners/common.py", line 1512, in apache_beam.runners.common.DoFnRunner.process
+  File "/site-packages/groundforge/pipeline/builders/counting.py", line 99, in process
+    raise ValueError("boom in worker")
+ValueError: boom in worker
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/site-packages/apache_beam/runners/worker/sdk_worker.py", line 310, in _execute
+ValueError: boom in worker [while running 'Count']
+a line some library printed
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_worker_stderr_relay_drops_noise_and_shows_errors_as_lines(verbose):
+    """What worker processes write to fd 2 while the relay is on (a worker that failed, as Beam's harness prints
+    it): the harness's noise lines are dropped; an error is one `error:` line, its traceback only with --verbose;
+    anything else reaches the terminal as printed."""
     from groundforge.pipeline import console
 
-    shown = io.StringIO()
-    term = console.Console(shown)
-    script = ("import sys\n"
-              "sys.stderr.write('WARNING:root:apitools not found, and bigquery client libraries are not available "
-              "despite the import not raising an ImportError.\\n')\n"
-              "sys.stderr.write('INFO:__main__:Logging handler created.\\n')\n"
-              "sys.stderr.write('ERROR:apache_beam.runners.worker.sdk_worker:a real worker error\\n')\n"
-              "sys.stderr.write('Traceback (most recent call last):\\n')\n")
+    term = console.Console(io.StringIO(), console.VERBOSE if verbose else console.NORMAL)
+    script = f"import sys\nsys.stderr.write({WORKER_STDERR!r})\n"
     with console.relay_stderr(term):
         subprocess.run([sys.executable, "-c", script], check=True)  # inherits fd 2, as Beam's workers do
-    assert shown.getvalue() == ("ERROR:apache_beam.runners.worker.sdk_worker:a real worker error\n"
-                                "Traceback (most recent call last):\n")
+    if verbose:
+        assert term.stream.getvalue() == "".join(WORKER_STDERR.splitlines(keepends=True)[2:])
+    else:
+        assert term.stream.getvalue() == ("error: apache_beam.runners.common: boom in worker [while running 'Count']\n"
+                                          "a line some library printed\n")
 
 
 @pytest.fixture
@@ -129,6 +147,9 @@ def test_logging_keeps_real_warnings_and_drops_the_noise(term):
     logging.getLogger("apache_beam.io.gcp").warning("apitools not found, and bigquery client libraries are not "
                                                     "available despite the import not raising an ImportError.")
     logging.getLogger("__main__").info("Logging handler created.")
+    # Beam's local job service echoes every worker log record; the worker printed it already (see the relay)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").error(
+        "Worker: %s", 'severity: ERROR timestamp {   seconds: 1796286955 } message: "boom in worker"')
     logging.getLogger("some_library").warning("the job's staging bucket is in another region")
     logging.getLogger("groundforge.train.loop").warning("--resume: no checkpoint in out, starting from scratch")
     logging.getLogger("groundforge.train.evaluate").info("evaluated 4 records in 1.0s")
