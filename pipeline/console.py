@@ -344,9 +344,16 @@ def _clock(seconds: float) -> str:
 
 
 def main_counter(counts: dict[str, int]) -> str | None:
-    """The read counter that rate and ETA are about: the first with a known total, else the first."""
-    reads = sorted(k[5:] for k in counts if k.startswith("read/"))
-    return next((name for name in reads if counts.get(f"total/{name}")), next(iter(reads), None))
+    """The read counter that rate and ETA are about: the one in flight (with a total, begun, not done), else one
+    with a total not done, else one with a total, else the first."""
+    names = sorted({k.split("/", 1)[1] for k in counts if k.startswith(("read/", "total/"))})
+
+    def n(name):
+        return counts.get(f"read/{name}", 0)
+
+    with_total = [name for name in names if counts.get(f"total/{name}")]
+    open_ = [name for name in with_total if n(name) < counts[f"total/{name}"]]
+    return next(iter([name for name in open_ if n(name)] + open_ + with_total + names), None)
 
 
 def status_text(counts: dict[str, int], elapsed: float, label: str = "", rate: float | None = None) -> str:
@@ -356,8 +363,10 @@ def status_text(counts: dict[str, int], elapsed: float, label: str = "", rate: f
 
         counting: 250/1,000 images (25%), 2,200 records, 3 rejected, 25.0 images/s, ETA 0:30, 0:10 elapsed
     """
-    reads = {k[5:]: v for k, v in sorted(counts.items()) if k.startswith("read/")}
     totals = {k[6:]: v for k, v in counts.items() if k.startswith("total/")}
+    reads = {name: 0 for name in totals}  # a total announced before anything was read shows as 0/n
+    reads.update({k[5:]: v for k, v in counts.items() if k.startswith("read/")})
+    reads = dict(sorted(reads.items()))
     parts = []
     for name, n in reads.items():
         noun = name.removesuffix("_read").replace("_", " ")
@@ -386,6 +395,7 @@ class ProgressDisplay:
         self.tty = console.tty
         self.every = every or float(os.environ.get(EVERY_ENV) or (1 if self.tty else 10))
         self.start = time.monotonic()
+        self.main: str | None = None
         self.history: list[tuple[float, int]] = []   # (time, main counter) of the last WINDOW seconds
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="groundforge-progress", daemon=True)
@@ -407,7 +417,10 @@ class ProgressDisplay:
         main = main_counter(counts)
         rate = None
         if main:
-            self.history = [(t, n) for t, n in self.history if now - t <= self.WINDOW] + [(now, counts[f"read/{main}"])]
+            if main != self.main:  # another stage is in flight: its own rate
+                self.main, self.history = main, []
+            self.history = [(t, n) for t, n in self.history if now - t <= self.WINDOW] + [
+                (now, counts.get(f"read/{main}", 0))]
             (t0, n0), (t1, n1) = self.history[0], self.history[-1]
             if t1 - t0 >= 1.0:
                 rate = (n1 - n0) / (t1 - t0)

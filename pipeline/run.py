@@ -13,7 +13,7 @@ import time
 import apache_beam as beam
 from groundforge.pipeline import console, fs
 from groundforge.pipeline.config import recorded
-from groundforge.pipeline.emit import Progress
+from groundforge.pipeline.emit import Progress, expect
 from groundforge.pipeline.options import pipeline_options
 from groundforge.pipeline.outdir import check_output, clear_previous, output_lock
 from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
@@ -39,6 +39,7 @@ def run(builder, config, beam_args=(), command: str | None = None) -> dict | Non
 def _run_pipeline(builder, config, plan, options, args) -> None:
     local, processes = _local_runner(options)
     with console.live(builder.name, local=local, worker_processes=processes), beam.Pipeline(options=options) as p:
+        _announce_totals(builder, config, plan)
         outs = builder.expand(p, config, plan)
         pcolls = {"groups": outs.groups,
                   "rejects": _flatten(p, outs.rejects, "Rejects"),
@@ -52,6 +53,16 @@ def _run_pipeline(builder, config, plan, options, args) -> None:
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
             args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
             card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
+
+
+def _announce_totals(builder, config, plan) -> None:
+    """Totals the driver knows before the pipeline runs (a builder's optional `expected(config, plan)` ->
+    {stat name: n}, e.g. render's {"records_read": rows of --in}) give the progress line its ETA. Readers that
+    learn a total while running call `emit.expect` themselves."""
+    expected = getattr(builder, "expected", None)
+    for name, n in (expected(config, plan) if expected else {}).items():
+        expect(name, n)
+    console.flush()
 
 
 def _tap(pcoll, kind: str, label: str) -> None:
