@@ -330,7 +330,7 @@ def duration(seconds: float) -> str:
     """12.3 s, 4 min 05 s, 1 h 02 min."""
     if seconds < 60:
         return f"{seconds:.1f} s"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
@@ -434,7 +434,7 @@ class ProgressDisplay:
                     self.console.show_status(text)
                 else:
                     self.console.line(text)
-            except Exception:  # noqa: BLE001 - a display error must never fail the build
+            except Exception:  # noqa: BLE001, S110 - a display error must never fail the build
                 pass
 
 

@@ -73,8 +73,6 @@ class Progress(beam.DoFn):
     (one per row) or "stats" (the `*_read` counters). Increments Beam Metrics counters (namespace
     groundforge.progress, shown by any runner's monitoring) and the local progress channel. Emits nothing."""
 
-    KEYS = {"records": "records", "rejects": "rejected"}
-
     def __init__(self, kind: str):
         self.kind = kind
         self.counters = {}

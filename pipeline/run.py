@@ -75,7 +75,6 @@ def _tap(pcoll, kind: str, label: str) -> None:
 def _local_runner(options) -> tuple[bool, bool]:
     """(a local runner, whose workers can report progress; with worker processes of their own)."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
     from groundforge.pipeline.options import LOCAL_RUNNERS
 
     runner = options.view_as(StandardOptions).runner

@@ -18,7 +18,6 @@ import apache_beam as beam
 import click
 import pytest
 from groundforge.pipeline.builders.counting import CountingBuilder
-
 from helpers import FAST_BEAM, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,14 +44,14 @@ def _env(tmp_path: Path, **extra) -> dict:
 
 
 def _groundforge(args, env, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "groundforge.pipeline.cli", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, "-m", "groundforge.pipeline.cli", *map(str, args)], env=env, check=False,
                           capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
 
 
 def _noise_is_reproduced(tmp_path: Path) -> bool:
     """The simulated install really makes Beam print the apitools warning (else the tests below prove nothing)."""
     out = subprocess.run([sys.executable, "-c", "import apache_beam"], env=_env(tmp_path), capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     return "WARNING:root:apitools not found" in out.stderr
 
 
