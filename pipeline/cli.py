@@ -78,8 +78,8 @@ class BuildGroup(click.Group):
 
 
 QUIET_HELP = "Print only the final `done in ...` line, warnings and errors (no progress, no summary)."
-VERBOSE_HELP = ("Also print progress when stderr is not a terminal (a line every 10 s), debug lines and "
-                "third-party Python warnings.")
+VERBOSE_HELP = ("Also print progress when stderr is not a terminal (a line every 10 s), debug lines, worker "
+                "tracebacks and developer-facing Python warnings (DeprecationWarning, FutureWarning).")
 
 
 def _verbosity(ctx, param, value):

@@ -175,6 +175,11 @@ class WorkerLines:
 _WORKER_ECHO = "apache_beam.runners.portability.local_job_service"
 
 
+# Python warnings meant for a library's developers, not for a user of the CLI (shown with --verbose); a
+# UserWarning or RuntimeWarning is kept.
+_DEVELOPER_WARNING = re.compile(r":\d+: (Deprecation|PendingDeprecation|Future|Import|Resource)Warning: ")
+
+
 class NoiseFilter(logging.Filter):
     def __init__(self, console: Console | None = None):
         super().__init__()
@@ -183,8 +188,11 @@ class NoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if is_noise(record):
             return False
-        verbose = self.console is not None and self.console.verbosity >= VERBOSE
-        return verbose or not (record.name == _WORKER_ECHO and str(record.msg).startswith("Worker: "))
+        if self.console is not None and self.console.verbosity >= VERBOSE:
+            return True
+        if record.name == "py.warnings":
+            return not _DEVELOPER_WARNING.search(str(record.msg))
+        return not (record.name == _WORKER_ECHO and str(record.msg).startswith("Worker: "))
 
 
 class ConsoleHandler(logging.Handler):
@@ -216,8 +224,9 @@ class ConsoleHandler(logging.Handler):
 
 def setup(verbosity: int = NORMAL, stream=None) -> Console:
     """Install the console: one root handler (noise filtered), Python warnings through logging, levels for
-    `verbosity` (QUIET: warnings and errors; NORMAL: groundforge's info lines too; VERBOSE: its debug lines and
-    third-party Python warnings). Idempotent."""
+    `verbosity` (QUIET: warnings and errors, no Python warnings; NORMAL: groundforge's info lines too, Python
+    warnings but developer ones (DeprecationWarning, FutureWarning, ...); VERBOSE: everything but the known noise,
+    debug lines too). Idempotent."""
     global _console
     if _console is None:
         _console = Console(stream, verbosity)
@@ -244,9 +253,8 @@ def set_verbosity(verbosity: int) -> None:
     # (warnings and errors only), debug lines with --verbose.
     logging.getLogger("groundforge").setLevel(
         logging.WARNING if verbosity <= QUIET else logging.DEBUG if verbosity >= VERBOSE else logging.INFO)
-    # Third-party Python warnings (DeprecationWarning, FutureWarning, ...) are for their developers, not for a
-    # user of the CLI: shown with --verbose only. groundforge's own warnings go through logging.
-    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbosity >= VERBOSE else logging.CRITICAL)
+    # Python warnings: with --quiet none; otherwise all but those for developers (NoiseFilter), all with --verbose.
+    logging.getLogger("py.warnings").setLevel(logging.CRITICAL if verbosity <= QUIET else logging.WARNING)
 
 
 # ---------------------------------------------------------------- the progress channel (worker side)

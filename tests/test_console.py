@@ -155,15 +155,20 @@ def test_logging_keeps_real_warnings_and_drops_the_noise(term):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("some library's deprecation", DeprecationWarning)
-    assert term.stream.getvalue().splitlines() == [
+        warnings.warn("some library's change of default", FutureWarning)
+        warnings.warn("None of the inputs have requires_grad=True", UserWarning)
+    lines = term.stream.getvalue().splitlines()
+    assert lines[:3] == [
         "warning: some_library: the job's staging bucket is in another region",
         "warning: --resume: no checkpoint in out, starting from scratch",
         "evaluated 4 records in 1.0s"]
+    (user_warning,) = lines[3:]  # one line: "warning: <file>:<line>: UserWarning: ..."
+    assert re.match(r"^warning: .*test_console\.py:\d+: UserWarning: None of the inputs", user_warning)
     console.set_verbosity(console.QUIET)
     logging.getLogger("groundforge.train.evaluate").info("evaluated 4 records in 1.0s")
     logging.getLogger("some_library").warning("a library warning")
     logging.getLogger("groundforge.train.loop").warning("a groundforge warning")
-    assert term.stream.getvalue().splitlines()[3:] == ["warning: a groundforge warning"]
+    assert term.stream.getvalue().splitlines()[4:] == ["warning: a groundforge warning"]
 
 
 # ---------------------------------------------------------------- task 1: progress, --quiet, --verbose, done line
