@@ -15,15 +15,16 @@ such a process can be configured in time, so while a local multi-process pipelin
 fd 2 at a pipe and a thread copies its lines to the real stderr, dropping the noise lines (`noise_line`); worker
 errors still reach the terminal, as one line each (tracebacks with --verbose, `WorkerLines`).
 
-Progress channel. Counting happens where the pipeline already counts: run.py taps the flattened stats (`*_read`),
-rejects and image groups with a `emit.Progress` DoFn, which increments Beam Metrics counters (any runner) and
-calls `count()` here. `count` adds to a per-process tally that is written, at most every half second and at the
+Progress channel. Counting happens where the pipeline already counts: run.py taps every stats (`*_read`), rejects
+and image-group output of the builder with an `emit.Progress` DoFn (fused into the stage that makes them, so it
+counts while the stage runs), which increments Beam Metrics counters (any runner) and calls `count()` here. `count` adds to a per-process tally that is written, at most every half second and at the
 end of each bundle, as one JSON snapshot file `<pid>.json` (atomic replace) in the folder named by
 $GROUNDFORGE_PROGRESS_DIR. The driver sets that variable before the pipeline starts, so in-process (in_memory,
 multi_threading) and subprocess (multi_processing) workers both find it; on a remote runner it is unset and
 `count` does nothing. A driver thread (`ProgressDisplay`) sums the snapshots every second and renders one status
 line on stderr when it is a terminal (a plain line every 10 s otherwise, with --verbose only; never with
---quiet). `expect(name, n)` (emit.expect) announces a total for a read counter, which gives the rate an ETA.
+--quiet). A total for a read counter gives a percentage and an ETA: from the driver (a builder's optional
+`expected(config, plan)`) or from a reader that learns it while running (`emit.expect(name, n)`).
 """
 from __future__ import annotations
 
