@@ -18,7 +18,7 @@ import apache_beam as beam
 import click
 import pytest
 from groundforge.pipeline.builders.counting import CountingBuilder
-from helpers import FAST_BEAM, run_cli
+from helpers import FAST_BEAM, run_cli, write_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE = re.compile(r"^done in \d+\.\d s: (\d+) records, (\d+) rejected -> (.+)$")
@@ -183,6 +183,19 @@ def test_quiet_prints_only_the_done_line(tmp_path):
     # --quiet and --verbose change the terminal, not the output: the card's command line does not list them
     assert '"command": "groundforge build counting --out OUT --direct_running_mode=in_memory"' in \
         (out / "dataset_info.json").read_text()
+
+
+def test_a_build_that_writes_nothing_still_ends_with_the_done_line(tmp_path):
+    """Every image missing: the done line counts the rejects, then the one-line error; exit 1."""
+    coco = write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48, "skip_file": True},
+                                 {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48, "skip_file": True}],
+                      [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}])
+    out = tmp_path / "out"
+    result = _groundforge(["build", "counting", "--coco", coco, "--out", out, *FAST_BEAM], _env(tmp_path))
+    assert result.returncode == 1
+    match = DONE.match(result.stdout.splitlines()[-1])
+    assert match and match.groups() == ("0", "2", str(out)), result.stdout
+    assert result.stderr == "error: no records were written; see the rejects above\n"
 
 
 def test_quiet_and_verbose_together_are_a_usage_error(tmp_path):
