@@ -50,6 +50,10 @@ class Builder:
     def builder_label(self, config, plan) -> str:
         return self.name
 
+    def expected(self, config, plan) -> dict:
+        """Totals known before the pipeline runs, for the progress line's k/n and ETA: {stat name: count}."""
+        return {}
+
     def input_paths(self, config, plan) -> list[str]:
         """Local input files and folders: the output may not contain them (a glob matching its own shards)."""
         return []

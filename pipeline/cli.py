@@ -4,16 +4,19 @@ Commands are found by name and imported only when they run (or their help is ask
 `groundforge --help` and `--version` load neither Beam, torch, transformers nor spaCy. `build <name>` commands are
 made from the builder registry (pipeline/registry.py) and each builder's config dataclass (pipeline/config.py).
 `run` is the console entry point and the one place that decides how errors are printed and which exit code a
-run ends with: 0 done, 1 a runtime error or nothing written, 2 a usage error, 130 interrupted.
+run ends with: 0 done, 1 a runtime error or nothing written, 2 a usage error, 130 interrupted. It also sets up
+the console (pipeline/console.py: logging, noise filters, progress) before any command imports Beam;
+`-q/--quiet` and `-v/--verbose` (on the group, and on every build command) set its verbosity.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 import click
-from groundforge.pipeline import registry
+from groundforge.pipeline import console, registry
 from groundforge.pipeline.config import click_params
 
 BEAM_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -75,18 +78,51 @@ class BuildGroup(click.Group):
             formatter.write_dl([(name, registry.summary(name)) for name in registry.builder_names()])
 
 
+QUIET_HELP = "Print only the final `done in ...` line, warnings and errors (no progress, no summary)."
+VERBOSE_HELP = ("Also print progress when stderr is not a terminal (a line every 10 s), debug lines, worker "
+                "tracebacks and developer-facing Python warnings (DeprecationWarning, FutureWarning).")
+
+
+def _verbosity(ctx, param, value):
+    """Callback of --quiet/--verbose: the verbosity goes into the context (read by run_command) and the console."""
+    if value:
+        level = console.QUIET if param.name == "quiet" else console.VERBOSE
+        if ctx.meta.get(console.VERBOSITY_KEY, level) != level:
+            raise click.UsageError("give --quiet or --verbose, not both")
+        ctx.meta[console.VERBOSITY_KEY] = level
+        console.set_verbosity(level)
+    return value
+
+
+def verbosity_options() -> list[click.Option]:
+    """-q/--quiet and -v/--verbose; not part of any config (they change the terminal, not the output)."""
+    return [click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=_verbosity,
+                         help=QUIET_HELP),
+            click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_verbosity,
+                         help=VERBOSE_HELP)]
+
+
+class BuildCommand(click.Command):
+    """A build command: its config's options, plus -q/--quiet and -v/--verbose. Those two are parsed and listed in
+    --help but kept out of `params`, which the dataset card's command line is made from: a quiet build and a
+    verbose one write the same bytes."""
+
+    def get_params(self, ctx):
+        return [*self.params, *verbosity_options(), *super().get_params(ctx)[len(self.params):]]
+
+
 def builder_command(builder) -> click.Command:
     def callback(ctx, **values):
         from groundforge.pipeline.run import run_command
 
         run_command(builder, builder.config(**values), ctx.args)
 
-    return click.Command(builder.name, params=click_params(builder.config), callback=click.pass_context(callback),
+    return BuildCommand(builder.name, params=click_params(builder.config), callback=click.pass_context(callback),
                          help=builder.help + "\n\nOptions not listed here go to Beam (--runner DataflowRunner ...).",
                          context_settings={**BEAM_CONTEXT, **HELP})
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=HELP)
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=HELP, params=verbosity_options())
 @click.version_option(package_name="groundforge")
 def main():
     """groundforge: grounded vision-language fine-tuning data as Parquet shards, built with Apache Beam."""
@@ -139,6 +175,7 @@ def run(args: list[str] | None = None) -> None:
     """The console entry point: one line per error, never a traceback (GROUNDFORGE_DEBUG=1 shows it)."""
     import signal
 
+    console.setup()
     signal.signal(signal.SIGINT, _interrupted)  # `train` installs its own handler (save at the step boundary)
     try:
         code = main.main(args, prog_name="groundforge", standalone_mode=False)
@@ -159,10 +196,14 @@ def run(args: list[str] | None = None) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message (Beam wraps worker errors in
-    multi-line texts)."""
-    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    """An exception as one line: its type and message. Beam wraps a worker's error in a multi-line text that
+    holds the worker's traceback; then the last `SomeError: message` line of it is the one that says what failed."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1:
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
+        if raised:
+            return raised[-1][:300]
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 Every builder routes bad input the same way: `reject(...)` (or `rejected(err)` for a ReasonError-style
 exception with `.reason` and `.detail`) -> the "rejects" output, `stat(name)` -> the "stats" output (summed into
 dataset_info.json), and `render_or_reject` renders a record for the target format or rejects it.
+`Progress` counts what passes for the live display (see pipeline/console.py); `expect(name, n)` announces how many
+items counter `name` will reach, for an ETA.
 """
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from groundforge.pipeline import console
 from groundforge.pipeline.readers.common import Rejected
 from groundforge.transforms.records import reject as reject_row
 from groundforge.transforms.records import rendered
@@ -55,3 +59,40 @@ def read_outputs(rows, counter: str | None = None):
             if counter:
                 yield stat(counter)
             yield row
+
+
+def expect(counter: str, n: int) -> None:
+    """Announce that stat `counter` (e.g. "images_read") will reach about `n` in this run, as soon as a reader
+    knows it (the images of a parsed COCO file): the progress line then shows `k/n`, a percentage and an ETA.
+    Call it from a DoFn or the driver; it does nothing when no CLI run is watching."""
+    console.count(f"total/{counter}", int(n))
+
+
+class Progress(beam.DoFn):
+    """A tap on the flattened outputs, for progress: `kind` "records" (image groups: their records), "rejects"
+    (one per row) or "stats" (the `*_read` counters). Increments Beam Metrics counters (namespace
+    groundforge.progress, shown by any runner's monitoring) and the local progress channel. Emits nothing."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.counters = {}
+
+    def _count(self, key: str, n: int) -> None:
+        if key not in self.counters:
+            self.counters[key] = Metrics.counter("groundforge.progress", key)
+        self.counters[key].inc(n)
+        console.count(key, n)
+
+    def process(self, element):
+        if self.kind == "stats":
+            name, n = element
+            if name.endswith("_read"):
+                self._count(f"read/{name}", n)
+        elif self.kind == "records":
+            self._count("records", len(element["records"]))
+        else:
+            self._count("rejected", 1)
+        return ()
+
+    def finish_bundle(self):
+        console.flush()

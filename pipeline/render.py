@@ -72,6 +72,9 @@ class Renderer(Builder):
 
         return card_info_from(config.src)
 
+    def expected(self, config, plan) -> dict:
+        return {"records_read": plan["info"]["rows"]}
+
     def input_paths(self, config, plan) -> list[str]:
         return [config.src]
 

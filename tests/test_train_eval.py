@@ -176,3 +176,11 @@ def test_eval_shows_a_progress_bar(tiny_model, tmp_path, capsys):
     evaluate(EvalConfig(model=tiny_model, shards=[str(tmp_path / "s")], out=str(tmp_path / "r.json"), num_beams=1,
                         max_new_tokens=2, num_workers=0, device="cpu", examples=0, batch_size=2))
     assert "eval: 100%" in capsys.readouterr().err
+
+
+def test_final_line_reports_skipped_and_truncated_records():
+    from groundforge.train.cli import final_line
+
+    line = final_line({"steps": 3, "seconds": 2, "loss": 1.5, "final": "runs/x/final",
+                       "skipped": {"unreadable_image": 2, "holdout_image": 1}, "truncated": 4})
+    assert line == "trained 3 steps in 2s, final loss 1.5000; skipped 3 records; truncated 4 records; model in runs/x/final"

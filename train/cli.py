@@ -8,11 +8,24 @@ import logging
 
 import click
 
-SPLIT_HELP = ("Splits to use, by the shard file names ({split}-00000-of-00004.parquet; files named otherwise are "
+SPLIT_HELP = ("Splits of the shards to read, by their file names ({split}-00000-of-00004.parquet; files named otherwise are "
               "always used): 'train', 'val,testA', 'all', or '-train' for every split but train.")
 SHARDS_HELP = ("Parquet shards: a glob, a file, a directory or a dataset output dir (its data/ is used); "
                "local or any fsspec URL (gs://, s3://, hf://). Repeat for several sets. NAME=GLOB names a "
                "set for --mix.")
+
+# --device and --dtype take the same values as `build grit` (tests/test_console.py checks it); train.model reads the
+# short dtype names, so the long ones are mapped onto those.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = ("auto: the GPU when there is one (Apple's mps too), else cpu. Choose among GPUs with "
+               "CUDA_VISIBLE_DEVICES.")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+DTYPE_ALIASES_HELP = "fp32, bf16 and fp16 are accepted for float32, bfloat16 and float16."
+_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _dtype(ctx, param, value):
+    return _SHORT_DTYPE.get(value, value)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -70,9 +83,10 @@ def _setup_logging() -> None:
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out: weights, "
               "optimizer, scheduler, RNG and data position.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Autocast dtype (weights stay fp32). auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, callback=_dtype,
+              help="Autocast dtype (weights stay float32). auto: bfloat16 on GPUs that support it, else float16; "
+                   "float32 on CPU. " + DTYPE_ALIASES_HELP)
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader workers (read, decode, preprocess).")
 @click.option("--shuffle-buffer", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -113,9 +127,14 @@ def train_command(**kw):
 
 def final_line(summary: dict) -> str:
     loss = "n/a" if summary.get("loss") is None else f"{summary['loss']:.4f}"
-    extra = "".join(f"; {k} {sum(v.values())} records" for k in ("skipped", "truncated") if summary.get(k))
+    extra = "".join(f"; {k} {_total(summary[k])} records" for k in ("skipped", "truncated") if summary.get(k))
     return (f"trained {summary['steps']} steps in {_duration(summary.get('seconds', 0))}, final loss {loss}"
             f"{extra}; model in {summary['final']}")
+
+
+def _total(value) -> int:
+    """A summary count: a number, or {reason: n}."""
+    return sum(value.values()) if isinstance(value, dict) else int(value)
 
 
 def _duration(seconds: float) -> str:
@@ -139,8 +158,9 @@ def _duration(seconds: float) -> str:
 @click.option("--num-beams", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, callback=_dtype,
+              help="Autocast dtype for generation. " + DTYPE_ALIASES_HELP)
 @click.option("--image-root", default=None, help="Resolve path-only images under this directory.")
 @click.option("--examples", type=click.IntRange(min=0), default=4, show_default=True,
               help="Rendered example images per task.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ from groundforge.pipeline.config import INPUT_FILE, BuildConfig, check_split, op
 from groundforge.pipeline.emit import (
     REJECTS,
     STATS,
+    expect,
     read_outputs,
     rejected,
     render_or_reject,
@@ -21,6 +23,7 @@ from groundforge.pipeline.emit import (
     stat,
 )
 from groundforge.pipeline.image_files import load_image
+from groundforge.pipeline.options import check_dir
 from groundforge.pipeline.readers.coco import image_items, parse_coco
 from groundforge.pipeline.readers.common import (
     canonical_image_id,
@@ -45,10 +48,11 @@ IMAGE_MODES = ("embed", "path")
 class CountingConfig(BuildConfig):
     coco: str | None = option(None, "COCO instances JSON or Roboflow _annotations.coco.json (default: the shipped "
                               "sample).", type=INPUT_FILE, show_default=False)
-    images: str | None = option(None, "Image directory that file_name resolves in (default: next to --coco / the "
-                                "sample).", type=click.Path(exists=True, file_okay=False), show_default=False)
-    split: str = option("train", "Split name of the records.", check=check_split)
-    dataset: str = option("counting", "Dataset name of the records.")
+    images: str | None = option(None, "Image directory that file_name resolves in, local or a URL (gs://...) "
+                                "(default: next to --coco / the sample).",
+                                check=lambda v: check_dir(v, "--images") or v, show_default=False)
+    split: str = option("train", "Split name written into every record.", check=check_split)
+    dataset: str = option("counting", "Dataset name written into every record.")
     image_mode: str = option("embed", "Embed image bytes, or keep only file names relative to --images (very "
                              "large sets).", type=click.Choice(IMAGE_MODES))
     class_names: str | None = option(None, "JSON file mapping source class names to display names, e.g. "
@@ -75,6 +79,7 @@ class ExpandCoco(beam.DoFn):
         if bad:
             yield beam.pvalue.TaggedOutput(REJECTS, bad)
             return
+        expect("images_read", len(coco["images"]))
         yield from read_outputs(image_items(coco, path))
 
 
@@ -150,7 +155,7 @@ class CountingBuilder(Builder):
         if coco is None:
             coco, images = str(SAMPLE_DIR / "instances.json"), images or str(SAMPLE_DIR / "images")
         if images is None:
-            images = os.path.dirname(os.path.abspath(coco))
+            images = posixpath.dirname(coco) if "://" in coco else os.path.dirname(os.path.abspath(coco))
         class_names = {}
         if config.class_names:
             try:

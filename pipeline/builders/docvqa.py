@@ -28,7 +28,11 @@ from groundforge.pipeline.emit import (
 )
 from groundforge.pipeline.image_files import load_image
 from groundforge.pipeline.options import check_dir
-from groundforge.pipeline.readers.common import ReaderError, public_source, read_exclude_images
+from groundforge.pipeline.readers.common import (
+    ReaderError,
+    public_source,
+    read_exclude_images,
+)
 from groundforge.pipeline.readers.docvqa import (
     choose,
     json_files,
@@ -54,11 +58,13 @@ class DocvqaConfig(BuildConfig):
                               "(default: the shipped sample).", show_default=False)
     parquet: str | None = option(None, "GLOB of Hugging Face DocVQA Parquet files with embedded images "
                                  "(lmms-lab/DocVQA, HuggingFaceM4/DocumentVQA).", show_default=False)
-    images: str | None = option(None, "Folder that the JSON `image` paths (documents/xxx.png) resolve in (default: "
-                                "the folder of each --json file).", show_default=False)
-    split: str | None = option(None, "Split of every record (default: the row's data_split, else the JSON's "
-                               "dataset_split or the Parquet file name).", check=check_split, show_default=False)
-    dataset: str = option("docvqa", "Dataset name of the records.")
+    images: str | None = option(None, "Folder that the JSON `image` paths (documents/xxx.png) resolve in, local or a "
+                                "URL (gs://...) (default: the folder of each --json file).",
+                                check=lambda v: check_dir(v, "--images") or v, show_default=False)
+    split: str | None = option(None, "Split name written into every record (default: the row's data_split, else the "
+                               "JSON's dataset_split or the Parquet file name).", check=check_split,
+                               show_default=False)
+    dataset: str = option("docvqa", "Dataset name written into every record.")
     image_mode: str = option("embed", "Embed image bytes, or keep paths relative to the image folder (embedded "
                              "Parquet images stay embedded).", type=click.Choice(("embed", "path")))
 

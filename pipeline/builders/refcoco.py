@@ -241,19 +241,21 @@ def resolve_source(*, refer_dir, parquet, dataset, split_by, images, input_layou
 class RefcocoConfig(BuildConfig):
     refer_dir: str | None = option(None, "refer DATA_ROOT holding <dataset>/refs(<split_by>).p and "
                                    "<dataset>/instances.json (default: the shipped sample).", show_default=False)
-    dataset: str = option("refcoco", "Which of the three datasets.", type=click.Choice(DATASETS))
+    dataset: str = option("refcoco", "Dataset name written into every record; here also the source to read: one "
+                          "of the three datasets.", type=click.Choice(DATASETS))
     split_by: str | None = option(None, "refer split (default: unc; umd for refcocog).",
                                   type=click.Choice(("unc", "google", "umd")), show_default=False)
-    images: str | None = option(None, "Image directory (COCO train2014) that file names resolve in.",
-                                show_default=False)
+    images: str | None = option(None, "Image directory (COCO train2014) that file names resolve in, local or a URL "
+                                "(gs://...).", check=lambda v: check_dir(v, "--images") or v, show_default=False)
     parquet: str | None = option(None, "GLOB of lmms-lab/RefCOCO or jxu124/refcoco files (.parquet, .json, .jsonl; "
                                  "local or remote).", show_default=False)
     input_layout: str = option("auto", "Layout of --parquet files; auto detects it from the columns and says which.",
                                type=click.Choice(("auto",) + LAYOUTS))
     bbox_format: str | None = option(None, "Override the box format of --parquet rows (lmms: xywh, jxu124: xyxy).",
                                      type=click.Choice(("xywh", "xyxy")), show_default=False)
-    split: str | None = option(None, "Split of --parquet files whose names do not tell it (lmms), or of rows "
-                               "without one (jxu124).", check=check_split, show_default=False)
+    split: str | None = option(None, "Split name written into records whose input does not give one: --parquet "
+                               "files whose names do not tell it (lmms), rows without one (jxu124); the refer "
+                               "layout's splits come from its refs.", check=check_split, show_default=False)
     tasks: str = option("rec,reg", "Comma list of rec, reg.")
     image_mode: str = option("embed", "Embed image bytes, or keep file paths relative to --images (embedded inputs "
                              "stay embedded).", type=click.Choice(("embed", "path")))

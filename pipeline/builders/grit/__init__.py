@@ -136,6 +136,14 @@ def resolve_grounder(source: Source, grounder: str | None, model: str | None) ->
 
 # ---------------------------------------------------------------- the builder
 
+# --device and --dtype accept the same values as train's and eval's (tests/test_console.py checks it); the grounding
+# handlers take DEVICES and DTYPES, so the short spellings and auto are mapped onto those.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+DTYPE_NAMES = {"auto": "float16", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+assert set(DEVICE_CHOICES) == set(DEVICES) and set(DTYPE_NAMES.values()) <= set(DTYPES)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GritConfig(BuildConfig):
     captions: str | None = option(None, "GLOB of caption tables (.parquet, .csv, .jsonl/.json) with a caption column "
@@ -152,14 +160,18 @@ class GritConfig(BuildConfig):
     grit20m: str | None = option(None, "GLOB of GRIT-20M parquet (caption, width, height, noun_chunks, ref_exps): "
                                  "rendered as is, images from --images by key/file_name/image_path.",
                                  show_default=False)
-    images: str | None = option(None, "Image directory that relative image paths resolve in.", show_default=False)
+    images: str | None = option(None, "Image directory that relative image paths resolve in, local or a URL "
+                                "(gs://...).", check=lambda v: check_dir(v, "--images") or v, show_default=False)
     grounder: str | None = option(None, "annotations (COCO boxes; default with instances), detector (zero-shot "
                                   "detector), florence2 (<CAPTION_TO_PHRASE_GROUNDING>).",
                                   type=click.Choice(GROUNDERS), show_default=False)
     model: str | None = option(None, "Detector or Florence-2 checkpoint: hub id or local directory.",
                                show_default=False)
-    device: str = option("auto", "Device of the grounding model.", type=click.Choice(DEVICES))
-    dtype: str = option("float16", "Model dtype on GPU (CPU always runs float32).", type=click.Choice(DTYPES))
+    device: str = option("auto", "Device of the grounding model (auto: cuda when the worker has one).",
+                         type=click.Choice(DEVICE_CHOICES))
+    dtype: str = option("float16", "Model dtype on GPU (CPU always runs float32); auto is float16; fp32, bf16 and "
+                        "fp16 are accepted for float32, bfloat16 and float16.", type=click.Choice(DTYPE_CHOICES),
+                        check=lambda v: DTYPE_NAMES.get(v, v))
     batch_size: int = option(8, "Images per detector batch.", type=click.IntRange(1))
     trust_remote_code: bool = option(False, "Allow the checkpoint's own code (off by default).", flag=True)
     accelerator: str | None = option(None, "Beam resource hint for the grounding stage, e.g. "
@@ -189,8 +201,8 @@ class GritConfig(BuildConfig):
                                     "--balance-max-per-phrase captions per phrase.", flag=True)
     balance_min_count: int = option(3, "Phrases in fewer captions select nothing.", type=click.IntRange(1))
     balance_max_per_phrase: int = option(100, "Captions kept per phrase.", type=click.IntRange(1))
-    split: str = option("train", "Split name of the records.", check=check_split)
-    dataset: str = option("grit", "Dataset name of the records.")
+    split: str = option("train", "Split name written into every record.", check=check_split)
+    dataset: str = option("grit", "Dataset name written into every record.")
 
 
 @dataclass(frozen=True)
