@@ -346,10 +346,10 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
     from groundforge.pipeline.handlers import detector
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
-    def out_of_memory(self, images, queries):
-        raise RuntimeError(f"CUDA out of memory with {len(images)} images")
+    def out_of_memory(self, inputs, queries, sizes, groups):
+        raise RuntimeError(f"CUDA out of memory with {len(queries)} images")
 
-    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in_memory runner: same process
+    monkeypatch.setattr(detector.LoadedDetector, "_run", out_of_memory)  # in_memory runner: same process
     handler = detector.DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
     with TestPipeline(options=options()) as p:
         results, dlq = (p | beam.Create([element(0, 40, 30, ["a dog"]), element(1, 20, 20, ["a cat"])])

@@ -80,7 +80,7 @@ def test_sample_exact_records_and_annotations(sample_out):
     assert info["splits"]["train"]["tasks"]["grounded_caption"] == 50  # every sample caption names a COCO object
     assert info["rejects"]["rows"] == 0
     assert info["stats"]["captions_read"] == 50 and info["stats"]["images_read"] == 50
-    assert "read: captions 50, images 50" in output
+    assert "read: caption-image pairs 50, captions 50, images 50" in output
 
     # image 102: "a yellow car and two balls in a sandy beach": a chunk with two boxes, "a sandy beach" ungrounded,
     # "a yellow car" has a conjunct so it is not expanded
@@ -234,10 +234,10 @@ def test_detector_grounder_csv_captions_end_to_end(owl, tmp_path):
 def test_detector_failures_become_ground_rejects(owl, tmp_path, monkeypatch):
     from groundforge.pipeline.handlers import detector
 
-    def out_of_memory(self, images, queries):
-        raise RuntimeError(f"CUDA out of memory with {len(images)} images")
+    def out_of_memory(self, inputs, queries, sizes, groups):
+        raise RuntimeError(f"CUDA out of memory with {len(queries)} images")
 
-    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in-memory runner: same process
+    monkeypatch.setattr(detector.LoadedDetector, "_run", out_of_memory)  # in-memory runner: same process
     images = tmp_path / "images"
     write_images(images, CAPTIONS[:2])
     rows = [{"caption": c, "image": {"bytes": (images / n).read_bytes(), "path": None}} for n, _, _, c in CAPTIONS[:2]]

@@ -70,10 +70,37 @@ class GroundingInput(NamedTuple):
 class Prepared(NamedTuple):
     """One decoded element between preprocessing and inference (never leaves the stage)."""
     example: Any          # the element as given; becomes PredictionResult.example
-    image: Any            # PIL RGB image in display orientation
+    image: Any            # PIL RGB image in display orientation (None once `pixel_values` hold it)
     texts: tuple
     caption: Optional[str]
     num_bytes: int
+    pixel_values: Any = None   # the image processor's tensor for this image (3, H, W), made before batching
+    size: Optional[tuple] = None  # (height, width) of the image in display orientation
+    groups: Optional[list] = None  # `query_groups`: per caption, the indices into `texts` of its own phrases
+
+
+def load_processor(model_id: str, trust_remote_code: bool = False, use_fast: bool = True):
+    """AutoProcessor with the torchvision-based ("fast") image processor where transformers has one and
+    torchvision is installed, else the PIL/numpy one (never an error: the fast one is a speed-up). The
+    choice is explicit (`backend=`; `use_fast=` on transformers before 5), so transformers prints no
+    fallback warning; `processor_backend(p)` names what was loaded."""
+    import importlib.util
+
+    from transformers import AutoProcessor
+
+    fast = bool(use_fast) and importlib.util.find_spec("torchvision") is not None
+    try:
+        return AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code,
+                                             backend="torchvision" if fast else "pil")
+    except TypeError:  # transformers 4.x: no `backend`
+        return AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code, use_fast=fast)
+
+
+def processor_backend(processor) -> str:
+    """The image processor class a processor loaded, e.g. `Owlv2ImageProcessorPil` (PIL/numpy) or
+    `Owlv2ImageProcessorFast` / `Owlv2ImageProcessor` with torchvision."""
+    image_processor = getattr(processor, "image_processor", processor)
+    return type(image_processor).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,8 +144,9 @@ def decode_image(image) -> tuple[Any, int]:
     raise GroundingError("no_image", f"image is {type(image).__name__}")
 
 
-def prepare(element, need_caption: bool = False) -> Prepared:
-    """Check and decode one element. Raises GroundingError (becomes a failed element in the DLQ)."""
+def prepare(element, need_caption: bool = False, decode: bool = True) -> Prepared:
+    """Check and decode one element (`decode=False`: check its texts and caption only). Raises GroundingError
+    (becomes a failed element in the DLQ)."""
     texts = _field(element, "texts")
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise GroundingError("no_text_queries", f"texts is {texts!r}"[:200])
@@ -134,12 +162,18 @@ def prepare(element, need_caption: bool = False) -> Prepared:
         found = find_special_tokens(caption)
         if found:
             raise GroundingError("control_tokens", " ".join(found[:5]))
+    if not decode:
+        return Prepared(element, None, tuple(texts), caption, 0)
     image, num_bytes = decode_image(_field(element, "image"))
     width, height = _field(element, "width"), _field(element, "height")
     if width is not None and height is not None and (int(width), int(height)) != image.size:
         raise GroundingError("size_mismatch", f"element says {width}x{height}, image is "
                                               f"{image.size[0]}x{image.size[1]}")
     return Prepared(element, image, tuple(texts), caption, num_bytes)
+
+
+def _text_bytes(texts) -> int:
+    return sum(len(t.encode()) if isinstance(t, str) else _text_bytes(t) for t in texts)
 
 
 def resolve_device(device: str) -> str:
@@ -238,7 +272,9 @@ class _GroundingHandler(ModelHandler):
         return prepare(element, need_caption=self.needs_caption)
 
     def get_num_bytes(self, batch: Sequence[Prepared]) -> int:
-        return sum(p.num_bytes + sum(len(t.encode()) for t in p.texts) for p in batch)
+        """Encoded image bytes (or the pixel tensor's, once made) plus the UTF-8 bytes of the texts."""
+        return sum((p.num_bytes if p.pixel_values is None else p.pixel_values.nbytes) + _text_bytes(p.texts)
+                   for p in batch)
 
     def get_metrics_namespace(self) -> str:
         return self.namespace

@@ -26,7 +26,7 @@ import click
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.builders.grit.balance import BalanceConcepts
-from groundforge.pipeline.builders.grit.ground import LoadImageFn, ground
+from groundforge.pipeline.builders.grit.ground import ground, load_images
 from groundforge.pipeline.builders.grit.outputs import (
     FilterFn,
     GritRowFn,
@@ -264,17 +264,18 @@ class GritBuilder(Builder):
             balanced = items | "Balance" >> BalanceConcepts(plan.balance)
             items = balanced["items"]
             stats.append(balanced["stats"])
-        loaded = items | "LoadImages" >> beam.ParDo(LoadImageFn(source.images, settings.max_pixels, config.max_image_bytes)).with_outputs(
-            REJECTS, STATS, main="items")
-        rejects.append(loaded[REJECTS])
-        stats.append(loaded[STATS])
+        groups, image_rejects, image_stats = load_images(items, settings, source.images, config.max_image_bytes)
+        rejects.append(image_rejects)
+        stats.append(image_stats)
         if source.kind == "grit20m":
-            built = loaded.items | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(
-                REJECTS, STATS, ANNOTATIONS, main="groups")
+            built = (groups | "Captions" >> beam.FlatMap(lambda group: group)
+                     | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(REJECTS, STATS, ANNOTATIONS,
+                                                                                  main="groups"))
         else:
-            grounded, ground_rejects = ground(loaded.items, settings, plan.grounding)
+            grounded, ground_rejects, ground_stats = ground(groups, settings, plan.grounding)
             if ground_rejects is not None:
                 rejects.append(ground_rejects)
+            stats.append(ground_stats)
             built = grounded | "Filter" >> beam.ParDo(FilterFn(settings)).with_outputs(
                 REJECTS, STATS, ANNOTATIONS, main="groups")
         rejects.append(built[REJECTS])
