@@ -147,7 +147,7 @@ def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
 
     again, _ = build(tmp_path, ["--grit20m", out / "annotations" / "*.parquet", "--images", SAMPLE_DIR / "images"],
                      "again")
-    strip = lambda rs: sorted((r["image_id"], r["task"], r["caption"], r["prompt"], r["target"]) for r in rs)  # noqa
+    strip = lambda rs: sorted((r["image_id"], r["task"], r["caption"], r["prompt"], r["target"]) for r in rs)
     assert strip(read_rows(again)) == strip(read_rows(out))
 
 
@@ -288,7 +288,7 @@ def test_dataflow_translation_puts_the_gpu_hint_on_the_grounding_stage(owl, tmp_
     placed = {t.unique_name: t.environment_id for t in proto.components.transforms.values() if t.environment_id}
     inference = [n for n in placed if n.startswith("Ground/") and "RunInference" in n]
     assert inference and all(placed[n] in gpu_envs for n in inference)
-    in_ground = lambda n: n == "Ground" or n.startswith("Ground/")  # noqa: E731
+    in_ground = lambda n: n == "Ground" or n.startswith("Ground/")
     assert not any(placed[n] in gpu_envs for n in placed if not in_ground(n))  # spaCy, reads, writes: no GPU hint
     options = captured["job"].options
     assert options.view_as(GoogleCloudOptions).dataflow_service_options == [f"worker_accelerator={hint}"]
@@ -519,7 +519,7 @@ def grit_entry(start, end, box, w, h, score=0.9):
 
 
 def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
-    import groundforge.transforms.nounphrases as nounphrases
+    from groundforge.transforms import nounphrases
 
     def no_spacy(*args, **kwargs):
         raise AssertionError("GRIT-20M input must not load spaCy")

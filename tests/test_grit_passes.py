@@ -54,7 +54,11 @@ def test_grouped_forward_gives_each_caption_its_own_forward_boxes(owl):
     phrases, the path every caption took before): the one grouped forward, fanned back, gives each caption the
     same detections (labels exactly, boxes and scores to float tolerance)."""
     from groundforge.pipeline.builders.grit.ground import caption_query_groups
-    from groundforge.pipeline.handlers.detector import LoadedDetector, image_inputs, image_processor_for
+    from groundforge.pipeline.handlers.detector import (
+        LoadedDetector,
+        image_inputs,
+        image_processor_for,
+    )
     from groundforge.transforms.grounding import (
         detections_from_output,
         detector_queries,
@@ -180,7 +184,8 @@ def test_dino_tensors_batched_like_the_processor(tmp_path):
     tensors = [image_inputs(processor, im) for im in images]
     grouped = model.detect_tensors(tensors, sizes, queries, [[[0, 1]], None])
     assert grouped[0][0][2] == plain[0][2]
-    assert sum(grouped[0][0][0], []) == pytest.approx(sum(plain[0][0], []), abs=1e-4)
+    assert [v for box in grouped[0][0][0] for v in box] == pytest.approx([v for box in plain[0][0] for v in box],
+                                                                          abs=1e-4)
     assert grouped[1][2] == plain[1][2]
 
 
@@ -196,3 +201,31 @@ def test_processor_backend_falls_back_without_torchvision(owl):
         assert fast == slow  # no torchvision: the PIL/numpy processor, no error
     else:
         assert fast != slow
+
+
+def test_owl_preprocessing_before_batching_matches_the_processor_batch(owl):
+    """DetectorHandler.prepare makes each image's pixel values (RunInference preprocessing, before batching);
+    stacked, they are the processor's own batch (oracle: Owlv2Processor(images=...)), and run_inference on
+    them gives what the PIL path (`preprocess_images=False`) gives."""
+    import torch
+    from groundforge.pipeline.handlers.detector import (
+        DetectorHandler,
+        batch_pixels,
+        image_processor_for,
+    )
+    from groundforge.transforms.images import decode_image
+
+    elements = [{"id": f"e{i}", "image": jpeg_bytes(w, h), "width": w, "height": h, "texts": ["a dog", "A dog"]}
+                for i, (w, h) in enumerate(((40, 30), (20, 50), (64, 64)))]
+    handler = DetectorHandler(str(owl), device="cpu", batch_size=3)
+    prepared = [handler.prepare(e) for e in elements]
+    assert all(p.image is None and p.pixel_values.shape == (3, 64, 64) for p in prepared)
+    processor, _ = image_processor_for(str(owl), False, True)
+    want = processor(images=[decode_image(e["image"]).convert("RGB") for e in elements], return_tensors="pt")
+    assert torch.equal(batch_pixels([p.pixel_values for p in prepared], False)["pixel_values"],
+                       want["pixel_values"])
+    plain = DetectorHandler(str(owl), device="cpu", batch_size=3, preprocess_images=False)
+    model = handler.load_model()
+    got = [r.inference for r in handler.run_inference(prepared, model)]
+    assert got == [r.inference for r in plain.run_inference([plain.prepare(e) for e in elements], model)]
+    assert got[0] and {d[0] for d in got[0]} == {0, 1}  # "a dog" / "A dog": one query, boxes on both chunks

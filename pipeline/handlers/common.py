@@ -5,6 +5,10 @@ Hugging Face `{"bytes", "path"}` dict, or a PIL image), `width`/`height` (displa
 decoded image when given), `texts` (the image's noun-chunk texts, in chunk order) and, for Florence-2,
 `caption`. Other keys pass through untouched: each output is `PredictionResult(example=<the element as
 given>, inference=[(chunk_idx, [x1, y1, x2, y2], score), ...])` with pixel boxes and plain Python numbers.
+Several captions of one image go in one element: for the detector, `texts` (their distinct phrases) plus
+`query_groups` (per caption, the indices into `texts` of its phrases), inference = per caption
+`[(query_idx, box, score), ...]`; for Florence-2, `captions` plus `caption_texts` (per caption its chunk texts),
+inference = per caption the single-caption list. The image is decoded once either way.
 
 Failures. Decoding and input checks run per element in the handler's preprocess function, before
 batching, so with `RunInference(handler).with_exception_handling()` a bad image becomes one failed element
@@ -28,7 +32,8 @@ each process keeps its own copy (no proxy overhead). `share_across_processes=Tru
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
@@ -61,10 +66,10 @@ class GroundingError(ValueError):
 class GroundingInput(NamedTuple):
     id: str
     image: Any            # bytes, {"bytes", "path"} dict or PIL image
-    width: Optional[int]
-    height: Optional[int]
+    width: int | None
+    height: int | None
     texts: Sequence[str]
-    caption: Optional[str] = None
+    caption: str | None = None
 
 
 class Prepared(NamedTuple):
@@ -72,11 +77,11 @@ class Prepared(NamedTuple):
     example: Any          # the element as given; becomes PredictionResult.example
     image: Any            # PIL RGB image in display orientation (None once `pixel_values` hold it)
     texts: tuple
-    caption: Optional[str]
+    caption: str | None
     num_bytes: int
     pixel_values: Any = None   # the image processor's tensor for this image (3, H, W), made before batching
-    size: Optional[tuple] = None  # (height, width) of the image in display orientation
-    groups: Optional[list] = None  # `query_groups`: per caption, the indices into `texts` of its own phrases
+    size: tuple | None = None  # (height, width) of the image in display orientation
+    groups: list | None = None  # `query_groups`: per caption, the indices into `texts` of its own phrases
 
 
 def load_processor(model_id: str, trust_remote_code: bool = False, use_fast: bool = True):
@@ -234,8 +239,8 @@ class _GroundingHandler(ModelHandler):
     needs_caption = False
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "float16", batch_size: int = 8,
-                 trust_remote_code: bool = False, share_across_processes: Optional[bool] = None,
-                 model_copies: Optional[int] = None):
+                 trust_remote_code: bool = False, share_across_processes: bool | None = None,
+                 model_copies: int | None = None):
         _check_options(device, dtype, batch_size)
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)
         self._model = str(model)
@@ -279,11 +284,11 @@ class _GroundingHandler(ModelHandler):
     def get_metrics_namespace(self) -> str:
         return self.namespace
 
-    def update_model_path(self, model_path: Optional[str] = None):
+    def update_model_path(self, model_path: str | None = None):
         if model_path:
             self._model = model_path
 
-    def validate_inference_args(self, inference_args: Optional[dict[str, Any]]):
+    def validate_inference_args(self, inference_args: dict[str, Any] | None):
         if inference_args:
             raise ValueError(f"{type(self).__name__} takes no inference_args, got {sorted(inference_args)}")
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from apache_beam.ml.inference.base import PredictionResult
 from groundforge.pipeline.handlers.common import (
@@ -60,10 +61,13 @@ class LoadedDetector:
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
             model_id, dtype=self.dtype, trust_remote_code=trust_remote_code)
         self.family = model_family(model.config.model_type)
+        # Grounding DINO's text limit (256 tokens): longer prompts are cut there (their last phrases get no box)
+        limit = getattr(model.config, "max_text_len", None)
+        self._text_limit = {"max_length": int(limit)} if self.family == "dino" and limit else {}
         self.model = model.to(self.device).eval()
         self._torch = torch
 
-    def detect(self, images: Sequence, queries: Sequence[Sequence[str]], groups: Optional[Sequence] = None
+    def detect(self, images: Sequence, queries: Sequence[Sequence[str]], groups: Sequence | None = None
                ) -> list:
         """Per image `(boxes, scores, labels)` as CPU Python lists: pixel xyxy boxes (in each image's own
         size), scores, and label = index into that image's queries. With `groups` (per image None or a list of
@@ -75,7 +79,7 @@ class LoadedDetector:
             return self._run(inputs, queries, sizes, groups)
 
     def detect_tensors(self, pixel_values: Sequence, sizes: Sequence[tuple], queries: Sequence[Sequence[str]],
-                       groups: Optional[Sequence] = None) -> list:
+                       groups: Sequence | None = None) -> list:
         """`detect` from per-image pixel values (3, H, W) made by `image_inputs`; sizes are (height, width)."""
         with self._torch.inference_mode():
             inputs = {**self._text_inputs(queries), **batch_pixels(pixel_values, self.family == "dino")}
@@ -94,7 +98,8 @@ class LoadedDetector:
     def _text_inputs(self, queries):
         if self.family == "dino":
             text = [". ".join(dino_phrase(q) for q in qs) + "." for qs in queries]
-            return dict(self.processor(text=text, return_tensors="pt", padding="longest", truncation=True))
+            return dict(self.processor(text=text, return_tensors="pt", padding="longest", truncation=True,
+                                       **self._text_limit))
         if self.family == "owl":
             return dict(self.processor(text=[list(q) for q in queries], return_tensors="pt", truncation=True))
         raise ValueError("OmDet-Turbo takes images and classes together: use detect()")
@@ -103,7 +108,7 @@ class LoadedDetector:
         if self.family == "dino":
             text = [". ".join(dino_phrase(q) for q in qs) + "." for qs in queries]
             return self.processor(images=list(images), text=text, return_tensors="pt",
-                                  padding="longest", truncation=True)
+                                  padding="longest", truncation=True, **self._text_limit)
         # OWL processors pad every image to the batch's largest query count with " " queries;
         # OmDet-Turbo keeps a per-image class count.
         return self.processor(images=list(images), text=[list(q) for q in queries], return_tensors="pt",
@@ -271,14 +276,15 @@ class DetectorHandler(_GroundingHandler):
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "float16", batch_size: int = 8,
                  trust_remote_code: bool = False, min_score: float = 0.0, use_fast: bool = True,
-                 preprocess_images: bool = True, share_across_processes: Optional[bool] = None,
-                 model_copies: Optional[int] = None):
+                 preprocess_images: bool = True, share_across_processes: bool | None = None,
+                 model_copies: int | None = None):
         super().__init__(model, device=device, dtype=dtype, batch_size=batch_size,
                          trust_remote_code=trust_remote_code, share_across_processes=share_across_processes,
                          model_copies=model_copies)
         self._min_score = float(min_score)
         self._use_fast = bool(use_fast)
         self._preprocess_images = bool(preprocess_images)
+        self._pixel_dtype = None
 
     def load_model(self) -> LoadedDetector:
         return LoadedDetector(self._model, self._device, self._dtype, self._trust_remote_code, self._min_score,
@@ -299,10 +305,15 @@ class DetectorHandler(_GroundingHandler):
         image_processor, family = image_processor_for(self._model, self._trust_remote_code, self._use_fast)
         if family == "omdet":  # its processor takes images and classes together
             return p
-        return p._replace(pixel_values=image_inputs(image_processor, p.image), image=None)
+        pixels = image_inputs(image_processor, p.image)
+        if self._pixel_dtype is None:
+            self._pixel_dtype = resolve_dtype(resolve_device(self._device), self._dtype)
+        # in the model's dtype already (the same rounding as the cast on the device): half the bytes through
+        # the batch and, when the model is shared across processes, through the proxy
+        return p._replace(pixel_values=pixels.to(self._pixel_dtype), image=None)
 
     def run_inference(self, batch: Sequence[Prepared], model: LoadedDetector,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         start = time.perf_counter()
         queries = [detector_queries(p.texts) if p.groups is None else None for p in batch]
         texts = [q.texts if q is not None else list(p.texts) for p, q in zip(batch, queries)]

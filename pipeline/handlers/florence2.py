@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
@@ -117,7 +118,7 @@ class Florence2GroundingHandler(_GroundingHandler):
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "float16", batch_size: int = 8,
                  trust_remote_code: bool = False, max_new_tokens: int = 256, num_beams: int = 3,
-                 share_across_processes: Optional[bool] = None, model_copies: Optional[int] = None):
+                 share_across_processes: bool | None = None, model_copies: int | None = None):
         super().__init__(model, device=device, dtype=dtype, batch_size=batch_size,
                          trust_remote_code=trust_remote_code, share_across_processes=share_across_processes,
                          model_copies=model_copies)
@@ -134,7 +135,7 @@ class Florence2GroundingHandler(_GroundingHandler):
         return prepare(element, need_caption=True)
 
     def run_inference(self, batch: Sequence[Prepared], model: LoadedFlorence2,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         start = time.perf_counter()
         prompts = []  # (element index, image, caption, chunk texts)
         for e, p in enumerate(batch):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.readers.common import (

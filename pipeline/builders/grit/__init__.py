@@ -5,9 +5,11 @@ Stages, one module each: read.py (caption items, text checks) -> text.py (spaCy)
 
 Pipeline: read caption items (pipeline/readers/captions.py) -> text checks (empty captions and control tokens are
 rejected, --exclude-images) -> spaCy noun chunks and referring expressions (RunInference with `SpacyHandler`) ->
-optional LLaVA-style concept balancing (phrase counts and per-phrase selection are Beam combiners) -> image
-load and checks -> grounding (`annotations`: COCO boxes by category synonym; `detector` / `florence2`:
-RunInference with pipeline/handlers/, GPU resource hints, failures to rejects) -> Kosmos-2 filters
+optional LLaVA-style concept balancing (phrase counts and per-phrase selection are Beam combiners) -> caption
+items grouped by image, each image loaded and checked once -> grounding (`annotations`: COCO boxes by category
+synonym; `detector`: one RunInference element per image with the union of its captions' chunk texts, fanned back
+per caption; `florence2`: one generation per caption on the image decoded once; GPU resource hints, failures to
+rejects, one per caption) -> Kosmos-2 filters
 (score, size, NMS across the image's chunks; every drop counted) -> GRIT-20M annotation rows under
 OUT/annotations/ and rendered `grounded_caption` / `rec` records under OUT/data/.
 
