@@ -16,7 +16,7 @@ when torchvision is installed; the one used is printed). Forwards per image are 
 Models are random-weight, built from configs (no download): OWLv2 (tiny by default; `--full` = the size of
 google/owlv2-base-patch16, 960 px, 3600 boxes) or Grounding DINO (`--detector dino`; tiny, or `--full` =
 GroundingDinoConfig() defaults: Swin-T + BERT-base, 900 queries, 800/1333 px). Images are the shipped sample
-(640x480 JPEGs) repeated to --images; caption c of an image is its sample caption's phrases rotated by c, one
+(320x240 JPEGs) repeated to --images; caption c of an image is its sample caption's phrases rotated by c, one
 phrase recased, plus a phrase of the next image (so the union is smaller than the sum, as with COCO's five
 captions). Each side runs --repeat times after a warm-up, best kept; model load is timed separately.
 
@@ -314,7 +314,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if dev == "cuda" else None
     ips = {k: total / min(v) for k, v in times.items() if v}
     size = "full size" if args.full else "tiny"
-    print(f"model: random-weight {args.detector} ({size}), {total} images 640x480 x {CAPTIONS_PER_IMAGE} captions, "
+    print(f"model: random-weight {args.detector} ({size}), {total} images {images[0]['width']}x{images[0]['height']} "
+          f"x {CAPTIONS_PER_IMAGE} captions, "
           f"batch {args.batch_size}, {'float32 (CPU)' if dev == 'cpu' else args.dtype}, device {gpu or 'cpu'}")
     print(f"image processor: {backend}; machine: {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} torch threads; model load {load:.2f} s (not timed below)")
