@@ -340,3 +340,46 @@ def rewrite_shard(out: Path, change, index: int = 0) -> Path:
     entry["rows"] = len(rows)
     (out / "dataset_info.json").write_text(json.dumps(info))
     return path
+
+
+def write_multi_caption_coco(root: Path) -> tuple[Path, Path, Path]:
+    """A COCO-style captions + instances pair with five captions per image (COCO's layout): shared and
+    differently-cased phrases across an image's captions, one image the instances file does not cover, one
+    image file missing, one image whose annotation size is wrong. -> (captions.json, instances.json, images)."""
+    root = Path(root)
+    images = [{"id": 139, "file_name": "000000000139.jpg", "width": 96, "height": 64},
+              {"id": 285, "file_name": "000000000285.jpg", "width": 64, "height": 80},
+              {"id": 632, "file_name": "000000000632.jpg", "width": 80, "height": 80},
+              {"id": 724, "file_name": "000000000724.jpg", "width": 64, "height": 64, "skip_file": True},
+              {"id": 776, "file_name": "000000000776.jpg", "width": 72, "height": 48}]
+    sizes = {776: (60, 48)}  # the file is 60x48: size_mismatch for each of its captions
+    for img in images:
+        if img["id"] in sizes:
+            img["bytes"] = jpeg_bytes(*sizes[img["id"]])
+    boxes = {139: [(1, [4, 6, 30, 40]), (1, [50, 10, 30, 30]), (3, [10, 2, 20, 50])],
+             285: [(2, [5, 5, 40, 50])], 724: [(2, [1, 1, 20, 20])], 776: [(1, [2, 2, 20, 20])]}
+    anns = [{"id": 900 + i, "image_id": image_id, "category_id": cat, "bbox": box, "area": box[2] * box[3],
+             "iscrowd": 0} for i, (image_id, cat, box) in enumerate(
+                 (image_id, cat, box) for image_id, bs in boxes.items() for cat, box in bs)]
+    categories = [{"id": 1, "name": "dog", "supercategory": "animal"},
+                  {"id": 2, "name": "cat", "supercategory": "animal"},
+                  {"id": 3, "name": "person", "supercategory": "person"}]
+    covered = [dict(img) for img in images if img["id"] != 632]  # 632: captioned, not in the instances file
+    for img in covered:
+        img.pop("bytes", None)
+        img["skip_file"] = True
+    instances = write_coco(root, covered, anns, categories)
+    captions = {139: ["Two dogs and a man in a park.", "A man plays with two dogs on the grass.",
+                      "two dogs run next to a person", "A person with his dogs.", "The dogs chase a man."],
+                285: ["A cat sits on a couch.", "a cat on a couch", "A gray cat resting.",
+                      "The cat looks at the camera.", "A cat."],
+                632: ["A dog sleeping.", "a dog on a bed", "A dog."],
+                724: ["A cat in a box.", "a cat", "The cat sleeps."],
+                776: ["A dog on a beach.", "a dog runs", "The dog plays."]}
+    write_coco(root, images, [], categories, name="images.json")
+    cap_anns = [{"id": 5000 + 10 * image_id + i, "image_id": image_id, "caption": text}
+                for image_id, texts in captions.items() for i, text in enumerate(texts)]
+    entries = json.loads((root / "images.json").read_text())["images"]
+    path = root / "captions.json"
+    path.write_text(json.dumps({"images": entries, "annotations": cap_anns}))
+    return path, instances, root / "images"

@@ -346,10 +346,10 @@ def test_failed_batch_becomes_one_reject_per_element(owl_dir, monkeypatch):
     from groundforge.pipeline.handlers import detector
     from groundforge.pipeline.handlers.dlq import dlq_to_rejects
 
-    def out_of_memory(self, images, queries):
-        raise RuntimeError(f"CUDA out of memory with {len(images)} images")
+    def out_of_memory(self, inputs, queries, sizes, groups):
+        raise RuntimeError(f"CUDA out of memory with {len(queries)} images")
 
-    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in_memory runner: same process
+    monkeypatch.setattr(detector.LoadedDetector, "_run", out_of_memory)  # in_memory runner: same process
     handler = detector.DetectorHandler(str(owl_dir), device="cpu", batch_size=2)
     with TestPipeline(options=options()) as p:
         results, dlq = (p | beam.Create([element(0, 40, 30, ["a dog"]), element(1, 20, 20, ["a cat"])])
@@ -388,7 +388,7 @@ def test_florence_detections_map_phrases_to_chunks():
             + codec.phrase_text("a sofa", [couch], w, h) + "</s>")
     chunks = ["a dog", "the dog", "Two cats", "a red couch"]
     dets, unmatched = florence_detections(text, chunks, w, h)
-    dq = lambda b: codec.dequantize(codec.quantize(b, w, h), w, h)  # noqa: E731
+    dq = lambda b: codec.dequantize(codec.quantize(b, w, h), w, h)
     assert dets == [(0, dq(dog), 1.0), (1, dq(dog), 1.0), (2, dq(cats), 1.0)]
     assert unmatched == 1  # "a sofa" names no chunk
     assert phrase_key("The  red couch!") == "red couch"
@@ -439,7 +439,7 @@ def test_grounding_dino_labels_are_per_phrase_argmax(tmp_path):
             begin = text.index(phrase, start)
             start = begin + len(phrase)
             spans.append([t for t, (a, b) in enumerate(enc["offset_mapping"][i])
-                          if b > a and a >= begin and b <= start])
+                          if b > a >= begin and b <= start])
         assert len(spans) == len(qs)
         per_phrase = torch.stack([probs[i][:, idx].max(-1).values for idx in spans], -1)
         want_scores, want_labels = per_phrase.max(-1)
@@ -464,7 +464,7 @@ def test_florence2_handler_through_runinference(tmp_path):
                 element(1, 30, 60, ["two cats", "The dog"], caption="two cats and the dog"),
                 element(2, 30, 60, ["a cat"], caption="a cat"),
                 element(3, 30, 60, ["a cat"], caption="a cat <loc_3>")]
-    box = lambda w, h: get_codec("florence2").dequantize((100, 200, 500, 900), w, h)  # noqa: E731
+    box = lambda w, h: get_codec("florence2").dequantize((100, 200, 500, 900), w, h)
     expected = [("img-0", [(0, box(80, 40), 1.0)]), ("img-1", [(1, box(30, 60), 1.0)]), ("img-2", [])]
     handler = Florence2GroundingHandler(model_dir, device="cpu", batch_size=2, max_new_tokens=16, num_beams=2)
     p = TestPipeline(options=options())

@@ -80,7 +80,7 @@ def test_sample_exact_records_and_annotations(sample_out):
     assert info["splits"]["train"]["tasks"]["grounded_caption"] == 50  # every sample caption names a COCO object
     assert info["rejects"]["rows"] == 0
     assert info["stats"]["captions_read"] == 50 and info["stats"]["images_read"] == 50
-    assert "read: captions 50, images 50" in output
+    assert "read: caption-image pairs 50, captions 50, images 50" in output
 
     # image 102: "a yellow car and two balls in a sandy beach": a chunk with two boxes, "a sandy beach" ungrounded,
     # "a yellow car" has a conjunct so it is not expanded
@@ -147,7 +147,7 @@ def test_annotation_rows_read_back_as_grit20m(sample_out, tmp_path):
 
     again, _ = build(tmp_path, ["--grit20m", out / "annotations" / "*.parquet", "--images", SAMPLE_DIR / "images"],
                      "again")
-    strip = lambda rs: sorted((r["image_id"], r["task"], r["caption"], r["prompt"], r["target"]) for r in rs)  # noqa
+    strip = lambda rs: sorted((r["image_id"], r["task"], r["caption"], r["prompt"], r["target"]) for r in rs)
     assert strip(read_rows(again)) == strip(read_rows(out))
 
 
@@ -234,10 +234,10 @@ def test_detector_grounder_csv_captions_end_to_end(owl, tmp_path):
 def test_detector_failures_become_ground_rejects(owl, tmp_path, monkeypatch):
     from groundforge.pipeline.handlers import detector
 
-    def out_of_memory(self, images, queries):
-        raise RuntimeError(f"CUDA out of memory with {len(images)} images")
+    def out_of_memory(self, inputs, queries, sizes, groups):
+        raise RuntimeError(f"CUDA out of memory with {len(queries)} images")
 
-    monkeypatch.setattr(detector.LoadedDetector, "detect", out_of_memory)  # in-memory runner: same process
+    monkeypatch.setattr(detector.LoadedDetector, "_run", out_of_memory)  # in-memory runner: same process
     images = tmp_path / "images"
     write_images(images, CAPTIONS[:2])
     rows = [{"caption": c, "image": {"bytes": (images / n).read_bytes(), "path": None}} for n, _, _, c in CAPTIONS[:2]]
@@ -288,7 +288,7 @@ def test_dataflow_translation_puts_the_gpu_hint_on_the_grounding_stage(owl, tmp_
     placed = {t.unique_name: t.environment_id for t in proto.components.transforms.values() if t.environment_id}
     inference = [n for n in placed if n.startswith("Ground/") and "RunInference" in n]
     assert inference and all(placed[n] in gpu_envs for n in inference)
-    in_ground = lambda n: n == "Ground" or n.startswith("Ground/")  # noqa: E731
+    in_ground = lambda n: n == "Ground" or n.startswith("Ground/")
     assert not any(placed[n] in gpu_envs for n in placed if not in_ground(n))  # spaCy, reads, writes: no GPU hint
     options = captured["job"].options
     assert options.view_as(GoogleCloudOptions).dataflow_service_options == [f"worker_accelerator={hint}"]
@@ -519,7 +519,7 @@ def grit_entry(start, end, box, w, h, score=0.9):
 
 
 def test_grit20m_rows_skip_spacy_and_render(tmp_path, monkeypatch):
-    import groundforge.transforms.nounphrases as nounphrases
+    from groundforge.transforms import nounphrases
 
     def no_spacy(*args, **kwargs):
         raise AssertionError("GRIT-20M input must not load spaCy")

@@ -5,6 +5,10 @@ Hugging Face `{"bytes", "path"}` dict, or a PIL image), `width`/`height` (displa
 decoded image when given), `texts` (the image's noun-chunk texts, in chunk order) and, for Florence-2,
 `caption`. Other keys pass through untouched: each output is `PredictionResult(example=<the element as
 given>, inference=[(chunk_idx, [x1, y1, x2, y2], score), ...])` with pixel boxes and plain Python numbers.
+Several captions of one image go in one element: for the detector, `texts` (their distinct phrases) plus
+`query_groups` (per caption, the indices into `texts` of its phrases), inference = per caption
+`[(query_idx, box, score), ...]`; for Florence-2, `captions` plus `caption_texts` (per caption its chunk texts),
+inference = per caption the single-caption list. The image is decoded once either way.
 
 Failures. Decoding and input checks run per element in the handler's preprocess function, before
 batching, so with `RunInference(handler).with_exception_handling()` a bad image becomes one failed element
@@ -28,7 +32,8 @@ each process keeps its own copy (no proxy overhead). `share_across_processes=Tru
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
@@ -61,19 +66,46 @@ class GroundingError(ValueError):
 class GroundingInput(NamedTuple):
     id: str
     image: Any            # bytes, {"bytes", "path"} dict or PIL image
-    width: Optional[int]
-    height: Optional[int]
+    width: int | None
+    height: int | None
     texts: Sequence[str]
-    caption: Optional[str] = None
+    caption: str | None = None
 
 
 class Prepared(NamedTuple):
     """One decoded element between preprocessing and inference (never leaves the stage)."""
     example: Any          # the element as given; becomes PredictionResult.example
-    image: Any            # PIL RGB image in display orientation
+    image: Any            # PIL RGB image in display orientation (None once `pixel_values` hold it)
     texts: tuple
-    caption: Optional[str]
+    caption: str | None
     num_bytes: int
+    pixel_values: Any = None   # the image processor's tensor for this image (3, H, W), made before batching
+    size: tuple | None = None  # (height, width) of the image in display orientation
+    groups: list | None = None  # `query_groups`: per caption, the indices into `texts` of its own phrases
+
+
+def load_processor(model_id: str, trust_remote_code: bool = False, use_fast: bool = True):
+    """AutoProcessor with the torchvision-based ("fast") image processor where transformers has one and
+    torchvision is installed, else the PIL/numpy one (never an error: the fast one is a speed-up). The
+    choice is explicit (`backend=`; `use_fast=` on transformers before 5), so transformers prints no
+    fallback warning; `processor_backend(p)` names what was loaded."""
+    import importlib.util
+
+    from transformers import AutoProcessor
+
+    fast = bool(use_fast) and importlib.util.find_spec("torchvision") is not None
+    try:
+        return AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code,
+                                             backend="torchvision" if fast else "pil")
+    except TypeError:  # transformers 4.x: no `backend`
+        return AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code, use_fast=fast)
+
+
+def processor_backend(processor) -> str:
+    """The image processor class a processor loaded, e.g. `Owlv2ImageProcessorPil` (PIL/numpy) or
+    `Owlv2ImageProcessorFast` / `Owlv2ImageProcessor` with torchvision."""
+    image_processor = getattr(processor, "image_processor", processor)
+    return type(image_processor).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,8 +149,9 @@ def decode_image(image) -> tuple[Any, int]:
     raise GroundingError("no_image", f"image is {type(image).__name__}")
 
 
-def prepare(element, need_caption: bool = False) -> Prepared:
-    """Check and decode one element. Raises GroundingError (becomes a failed element in the DLQ)."""
+def prepare(element, need_caption: bool = False, decode: bool = True) -> Prepared:
+    """Check and decode one element (`decode=False`: check its texts and caption only). Raises GroundingError
+    (becomes a failed element in the DLQ)."""
     texts = _field(element, "texts")
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise GroundingError("no_text_queries", f"texts is {texts!r}"[:200])
@@ -134,12 +167,18 @@ def prepare(element, need_caption: bool = False) -> Prepared:
         found = find_special_tokens(caption)
         if found:
             raise GroundingError("control_tokens", " ".join(found[:5]))
+    if not decode:
+        return Prepared(element, None, tuple(texts), caption, 0)
     image, num_bytes = decode_image(_field(element, "image"))
     width, height = _field(element, "width"), _field(element, "height")
     if width is not None and height is not None and (int(width), int(height)) != image.size:
         raise GroundingError("size_mismatch", f"element says {width}x{height}, image is "
                                               f"{image.size[0]}x{image.size[1]}")
     return Prepared(element, image, tuple(texts), caption, num_bytes)
+
+
+def _text_bytes(texts) -> int:
+    return sum(len(t.encode()) if isinstance(t, str) else _text_bytes(t) for t in texts)
 
 
 def resolve_device(device: str) -> str:
@@ -200,8 +239,8 @@ class _GroundingHandler(ModelHandler):
     needs_caption = False
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "float16", batch_size: int = 8,
-                 trust_remote_code: bool = False, share_across_processes: Optional[bool] = None,
-                 model_copies: Optional[int] = None):
+                 trust_remote_code: bool = False, share_across_processes: bool | None = None,
+                 model_copies: int | None = None):
         _check_options(device, dtype, batch_size)
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies)
         self._model = str(model)
@@ -238,16 +277,18 @@ class _GroundingHandler(ModelHandler):
         return prepare(element, need_caption=self.needs_caption)
 
     def get_num_bytes(self, batch: Sequence[Prepared]) -> int:
-        return sum(p.num_bytes + sum(len(t.encode()) for t in p.texts) for p in batch)
+        """Encoded image bytes (or the pixel tensor's, once made) plus the UTF-8 bytes of the texts."""
+        return sum((p.num_bytes if p.pixel_values is None else p.pixel_values.nbytes) + _text_bytes(p.texts)
+                   for p in batch)
 
     def get_metrics_namespace(self) -> str:
         return self.namespace
 
-    def update_model_path(self, model_path: Optional[str] = None):
+    def update_model_path(self, model_path: str | None = None):
         if model_path:
             self._model = model_path
 
-    def validate_inference_args(self, inference_args: Optional[dict[str, Any]]):
+    def validate_inference_args(self, inference_args: dict[str, Any] | None):
         if inference_args:
             raise ValueError(f"{type(self).__name__} takes no inference_args, got {sorted(inference_args)}")
 

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 from groundforge.pipeline.handlers.common import (
     FLORENCE_TASK,
+    GroundingError,
     Prepared,
     _autocast,
+    _field,
     _GroundingHandler,
     _to_device,
+    decode_image,
+    prepare,
     resolve_device,
     resolve_dtype,
 )
@@ -78,9 +83,33 @@ class LoadedFlorence2:
         return self.processor.batch_decode(ids.cpu(), skip_special_tokens=False)
 
 
+def prepare_captions(element) -> Prepared:
+    """An element with several captions of one image (`captions`, and `caption_texts`: per caption its chunk
+    texts): every caption and text list is checked like a single element's, and the image is decoded once.
+    Raises GroundingError (the whole element fails: the GRIT text stage has rejected bad captions before)."""
+    captions, caption_texts = _field(element, "captions"), _field(element, "caption_texts")
+    if (not isinstance(captions, Sequence) or isinstance(captions, str) or not captions
+            or not isinstance(caption_texts, Sequence) or len(caption_texts) != len(captions)):
+        raise GroundingError("bad_captions", f"captions is {captions!r}, caption_texts is {caption_texts!r}"[:200])
+    for caption, texts in zip(captions, caption_texts):
+        prepare({"caption": caption, "texts": texts, "image": None, "width": None, "height": None},
+                need_caption=True, decode=False)
+    image, num_bytes = decode_image(_field(element, "image"))
+    width, height = _field(element, "width"), _field(element, "height")
+    if width is not None and height is not None and (int(width), int(height)) != image.size:
+        raise GroundingError("size_mismatch", f"element says {width}x{height}, image is "
+                                              f"{image.size[0]}x{image.size[1]}")
+    return Prepared(element, image, tuple(tuple(t) for t in caption_texts), tuple(captions), num_bytes,
+                    size=(image.height, image.width))
+
+
 class Florence2GroundingHandler(_GroundingHandler):
     """RunInference handler: Florence-2 `<CAPTION_TO_PHRASE_GROUNDING>` + caption, decoded with the
     project's florence2 codec; phrases map back to chunks by `phrase_key` match; score 1.0.
+
+    An element with `captions` and `caption_texts` (all captions of one image) is decoded once and gives,
+    per caption, the detections a single-caption element would: one generation per caption (the caption is
+    the prompt), at most `batch_size` prompts per `generate` call.
 
     Needs a checkpoint in transformers' native Florence-2 format (trust_remote_code stays False)."""
 
@@ -89,7 +118,7 @@ class Florence2GroundingHandler(_GroundingHandler):
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "float16", batch_size: int = 8,
                  trust_remote_code: bool = False, max_new_tokens: int = 256, num_beams: int = 3,
-                 share_across_processes: Optional[bool] = None, model_copies: Optional[int] = None):
+                 share_across_processes: bool | None = None, model_copies: int | None = None):
         super().__init__(model, device=device, dtype=dtype, batch_size=batch_size,
                          trust_remote_code=trust_remote_code, share_across_processes=share_across_processes,
                          model_copies=model_copies)
@@ -100,16 +129,34 @@ class Florence2GroundingHandler(_GroundingHandler):
         return LoadedFlorence2(self._model, self._device, self._dtype, self._trust_remote_code,
                                self._max_new_tokens, self._num_beams)
 
+    def prepare(self, element) -> Prepared:
+        if _field(element, "captions") is not None:
+            return prepare_captions(element)
+        return prepare(element, need_caption=True)
+
     def run_inference(self, batch: Sequence[Prepared], model: LoadedFlorence2,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         start = time.perf_counter()
-        texts = model.generate([p.image for p in batch], [p.caption for p in batch])
-        results, count, unmatched = [], 0, 0
-        for p, text in zip(batch, texts):
-            dets, missed = florence_detections(text, p.texts, p.image.width, p.image.height)
+        prompts = []  # (element index, image, caption, chunk texts)
+        for e, p in enumerate(batch):
+            if isinstance(p.caption, tuple):
+                prompts.extend((e, p.image, caption, texts) for caption, texts in zip(p.caption, p.texts))
+            else:
+                prompts.append((e, p.image, p.caption, p.texts))
+        texts = []
+        for i in range(0, len(prompts), self._batch_size):
+            chunk = prompts[i:i + self._batch_size]
+            texts += model.generate([c[1] for c in chunk], [c[2] for c in chunk])
+        per_element: list = [[] for _ in batch]
+        count, unmatched = 0, 0
+        for (e, image, _, chunk_texts), text in zip(prompts, texts):
+            dets, missed = florence_detections(text, chunk_texts, image.width, image.height)
             count += len(dets)
             unmatched += missed
-            results.append(PredictionResult(p.example, dets, self._model))
+            per_element[e].append(dets)
+        results = [PredictionResult(p.example, dets if isinstance(p.caption, tuple) else dets[0], self._model)
+                   for p, dets in zip(batch, per_element)]
         Metrics.counter(self.namespace, "unmatched_phrase_boxes").inc(unmatched)
+        Metrics.counter(self.namespace, "generations").inc(len(prompts))
         self._count_batch(batch, count, time.perf_counter() - start)
         return results

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import tarfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from groundforge.pipeline import fs
 from groundforge.pipeline.readers.common import (
@@ -245,10 +246,20 @@ def _xyxy(bbox: Any) -> list[float] | None:
         return None
 
 
+def instance_image_ids(instances: dict) -> set:
+    """The image ids an instances file covers: those in its `images` list (an image listed without boxes has
+    none to give) and those its annotations name (crowd regions and rejected boxes included)."""
+    listed = [img.get("id") for img in instances.get("images") or [] if isinstance(img, dict)]
+    named = [ann.get("image_id") for ann in instances.get("annotations") or [] if isinstance(ann, dict)]
+    return {i for i in listed + named if _hashable(i)}
+
+
 def read_coco_captions(captions: dict, instances: dict | None, source: str) -> Iterator[tuple[str, dict]]:
     """COCO captions (`images` + `annotations` with `caption`) -> one item per caption; with `instances`,
-    each item carries its image's boxes for the annotations grounder. A caption without an `id` is keyed by
-    its position in the file, so captions never share a record id."""
+    each item carries its image's boxes for the annotations grounder ([] for an image the instances file lists
+    without boxes; None for an image it does not cover at all, e.g. captions of train2017 with instances of
+    val2017: the annotations grounder counts those as `captions_without_instances`). A caption without an
+    `id` is keyed by its position in the file, so captions never share a record id."""
     images = {}
     for img in captions.get("images") or []:
         if isinstance(img, dict) and {"id", "file_name"} <= set(img) and _hashable(img["id"]):
@@ -258,9 +269,10 @@ def read_coco_captions(captions: dict, instances: dict | None, source: str) -> I
                 continue
             images[img["id"]] = img
     caption_ids: set = set()
-    boxes = None
+    boxes, covered = None, set()
     if instances is not None:
         boxes, bad = coco_boxes(instances)
+        covered = instance_image_ids(instances)
         for row in bad:
             yield Rejected(row)
     for index, ann in enumerate(captions.get("annotations") or []):
@@ -284,7 +296,7 @@ def read_coco_captions(captions: dict, instances: dict | None, source: str) -> I
             source=f"{where}:{entry['file_name']}", key=f"coco:{ident}\x1f{ann.get('image_id')}",
             image_id=str(entry["id"]), caption=_caption(ann["caption"]), file_name=str(entry["file_name"]),
             width=positive_int(entry.get("width")), height=positive_int(entry.get("height")),
-            annotations=None if boxes is None else boxes.get(entry["id"], []),
+            annotations=boxes.get(entry["id"], []) if boxes is not None and entry["id"] in covered else None,
             meta={"caption_id": ann.get("id"), "file_name": entry["file_name"],
                   **({"license": entry["license"]} if "license" in entry else {})})
 

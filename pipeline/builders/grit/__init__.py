@@ -5,9 +5,11 @@ Stages, one module each: read.py (caption items, text checks) -> text.py (spaCy)
 
 Pipeline: read caption items (pipeline/readers/captions.py) -> text checks (empty captions and control tokens are
 rejected, --exclude-images) -> spaCy noun chunks and referring expressions (RunInference with `SpacyHandler`) ->
-optional LLaVA-style concept balancing (phrase counts and per-phrase selection are Beam combiners) -> image
-load and checks -> grounding (`annotations`: COCO boxes by category synonym; `detector` / `florence2`:
-RunInference with pipeline/handlers/, GPU resource hints, failures to rejects) -> Kosmos-2 filters
+optional LLaVA-style concept balancing (phrase counts and per-phrase selection are Beam combiners) -> caption
+items grouped by image, each image loaded and checked once -> grounding (`annotations`: COCO boxes by category
+synonym; `detector`: one RunInference element per image with the union of its captions' chunk texts, fanned back
+per caption; `florence2`: one generation per caption on the image decoded once; GPU resource hints, failures to
+rejects, one per caption) -> Kosmos-2 filters
 (score, size, NMS across the image's chunks; every drop counted) -> GRIT-20M annotation rows under
 OUT/annotations/ and rendered `grounded_caption` / `rec` records under OUT/data/.
 
@@ -27,7 +29,7 @@ import click
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
 from groundforge.pipeline.builders.grit.balance import BalanceConcepts
-from groundforge.pipeline.builders.grit.ground import LoadImageFn, ground
+from groundforge.pipeline.builders.grit.ground import ground, load_images
 from groundforge.pipeline.builders.grit.outputs import (
     FilterFn,
     GritRowFn,
@@ -277,17 +279,18 @@ class GritBuilder(Builder):
             balanced = items | "Balance" >> BalanceConcepts(plan.balance)
             items = balanced["items"]
             stats.append(balanced["stats"])
-        loaded = items | "LoadImages" >> beam.ParDo(LoadImageFn(source.images, settings.max_pixels, config.max_image_bytes)).with_outputs(
-            REJECTS, STATS, main="items")
-        rejects.append(loaded[REJECTS])
-        stats.append(loaded[STATS])
+        groups, image_rejects, image_stats = load_images(items, settings, source.images, config.max_image_bytes)
+        rejects.append(image_rejects)
+        stats.append(image_stats)
         if source.kind == "grit20m":
-            built = loaded.items | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(
-                REJECTS, STATS, ANNOTATIONS, main="groups")
+            built = (groups | "Captions" >> beam.FlatMap(lambda group: group)
+                     | "GritRows" >> beam.ParDo(GritRowFn(settings)).with_outputs(REJECTS, STATS, ANNOTATIONS,
+                                                                                  main="groups"))
         else:
-            grounded, ground_rejects = ground(loaded.items, settings, plan.grounding)
+            grounded, ground_rejects, ground_stats = ground(groups, settings, plan.grounding)
             if ground_rejects is not None:
                 rejects.append(ground_rejects)
+            stats.append(ground_stats)
             built = grounded | "Filter" >> beam.ParDo(FilterFn(settings)).with_outputs(
                 REJECTS, STATS, ANNOTATIONS, main="groups")
         rejects.append(built[REJECTS])

@@ -44,6 +44,7 @@ class Grounding(NamedTuple):
     batch_size: int = 8
     trust_remote_code: bool = False
     accelerator: str | None = None
+    use_fast: bool = True       # the torchvision-based image processor where transformers has one (else the slow one)
 
 
 class Text(NamedTuple):
