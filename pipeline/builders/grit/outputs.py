@@ -55,7 +55,7 @@ class _PairOutputs(beam.DoFn):
                     image_sha256=item["image_sha256"])
         meta = {"builder": NAME, "source": public_source(item["source"]), "grounder": s.grounder or "grit20m", **item["meta"]}
         if s.model:
-            meta["model"] = s.model
+            meta["model"] = public_source(s.model)  # a local checkpoint folder by its name only
         if "grounded_caption" in s.tasks:
             objects = [make_object(text, box, score, (start, end)) for start, end, text, boxes in chunks
                        for box, score in boxes]
