@@ -312,3 +312,20 @@ def test_usage_errors_look_the_same_in_every_builder(tmp_path):
         out = _cli(["build", builder, "--out", tmp_path / "o", "--seed", "x"], 2)
         assert out.stderr.splitlines()[0] == f"Usage: groundforge build {builder} [OPTIONS]"
         assert "Invalid value for '--seed'" in out.stderr
+
+
+def test_an_out_that_would_contain_an_input_is_refused_before_anything_runs(tmp_path):
+    """A caption glob like 'data/**/*.parquet' that also matches the build's own earlier shards in OUT."""
+    import click
+
+    from groundforge.pipeline.outdir import check_output
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    shard = out / "data" / "train-00000-of-00001.parquet"
+    shard.write_bytes(b"PAR1")
+    with pytest.raises(click.BadParameter, match="would contain the input"):
+        check_output(str(out), [str(tmp_path / "caps.parquet"), str(shard)])
+    with pytest.raises(click.BadParameter, match="would contain the input"):
+        check_output(str(tmp_path / "in" / "out"), [str(tmp_path / "in")] if (tmp_path / "in").mkdir() is None else [])
+    check_output(str(tmp_path / "elsewhere"), [str(shard)])  # an input outside OUT is fine
