@@ -20,6 +20,7 @@ from groundforge.pipeline.shards import InfoError, listed_path, load_info
 from groundforge.schemas import record_arrow_schema, record_errors, reject_arrow_schema
 from groundforge.transforms.codecs import FORMATS, find_special_tokens, get_codec
 from groundforge.transforms.paths import PathError
+from groundforge.transforms.records import shard_order
 
 MAX_LISTED = 50
 
@@ -96,7 +97,7 @@ def _check_file(out_dir, shard, schema, split, seen_ids) -> list[str]:
 
 
 def _check_rows(name, pf, split, seen_ids) -> list[str]:
-    problems, last_id = [], ""
+    problems, last = [], None
     for g in range(pf.num_row_groups):
         for row in pf.read_row_group(g).to_pylist():
             where = f"{name}: row {row.get('id')}"
@@ -107,9 +108,10 @@ def _check_rows(name, pf, split, seen_ids) -> list[str]:
             if row["id"] in seen_ids:
                 problems.append(f"{where}: duplicate id")
             seen_ids.add(row["id"])
-            if row["id"] <= last_id:
-                problems.append(f"{where}: rows not sorted by id")
-            last_id = row["id"]
+            order = shard_order(row)
+            if last is not None and order <= last:
+                problems.append(f"{where}: rows not sorted by image, then id")
+            last = order
             blob = (row.get("image") or {}).get("bytes")
             if blob is not None and hashlib.sha256(blob).hexdigest() != row["image_sha256"]:
                 problems.append(f"{where}: image_sha256 does not match the image bytes")

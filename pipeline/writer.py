@@ -1,8 +1,8 @@
 """Deterministic sharded Parquet output: data/, rejects/, dataset_info.json and the dataset card.
 
 Rows are bucketed into shards by a hash of their key, so the same inputs give the same shard for every
-row whatever the runner's parallelism; within a shard rows are sorted by key; each file is written under a
-temporary name and renamed. The shard count per split comes from a target size (or is given), so every
+row whatever the runner's parallelism; within a shard rows are sorted by image, then key (an image's records
+adjacent, so its bytes are stored once); each file is written under a temporary name and renamed. The shard count per split comes from a target size (or is given), so every
 `{split}-{i:05d}-of-{n:05d}.parquet` for i < n exists, empty ones included. dataset_info.json is written
 last and removed at the start of a run, so an interrupted output is recognisably incomplete; a restarted
 run rewrites every shard and deletes files from earlier runs that are not part of the new output.
@@ -22,9 +22,11 @@ from apache_beam.metrics import Metrics
 from groundforge.pipeline import fs
 from groundforge.pipeline.outdir import HOLDOUT_FILE, INFO_FILE  # noqa: F401 (re-exported)
 from groundforge.schemas import record_arrow_schema, reject_arrow_schema
-from groundforge.transforms.records import BUILDER_VERSION, bucket, reject
+from groundforge.transforms.records import BUILDER_VERSION, bucket, reject, shard_order
 
 MAX_ROWS_PER_GROUP = 1000
+MAX_DENSE_GROUP = 512 * 1024 * 1024  # a row group read back, every row with its image: far below Arrow's 2 GiB
+MIN_DICTIONARY_PAGE = 1024 * 1024  # pyarrow's default dictionary page limit
 REJECTS_PER_SHARD = 200_000
 
 
@@ -64,7 +66,8 @@ def grouped_outputs(outputs):
 
 
 def group_size(group: dict) -> int:
-    return len(group["bytes"] or b"") * len(group["records"]) + sum(record_size(r) for r in group["records"])
+    """Bytes a group adds to its shard: the image once (see `parquet_bytes`), the text of every record."""
+    return len(group["bytes"] or b"") + sum(record_size(r) for r in group["records"])
 
 
 def expand_group(group: dict) -> list[dict]:
@@ -77,28 +80,71 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def parquet_bytes(rows: list[dict], schema, row_group_bytes: int) -> bytes:
     """Encode rows as one Parquet file; row groups stay under `row_group_bytes` so image bytes never
-    overflow an Arrow batch (binary arrays are limited to 2 GiB) and readers can stream."""
+    overflow an Arrow batch (binary arrays are limited to 2 GiB) and readers can stream.
+
+    Records of one image are adjacent (see `_WriteShard`) and kept in one row group, and the dictionary page
+    may hold a whole row group's images, so Parquet's dictionary encoding stores each image once per shard
+    while every row still reads back with its own bytes.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    groups = list(_row_groups(rows, row_group_bytes))
+    dictionary = max([MIN_DICTIONARY_PAGE] + [_stored_size(g) + MIN_DICTIONARY_PAGE for g in groups])
     buf = io.BytesIO()
-    with pq.ParquetWriter(buf, schema, compression="snappy", write_page_index=False) as writer:
-        for group in _row_groups(rows, row_group_bytes):
+    with pq.ParquetWriter(buf, schema, compression="snappy", write_page_index=False,
+                          dictionary_pagesize_limit=dictionary) as writer:
+        for group in groups:
             writer.write_table(pa.Table.from_pylist(group, schema=schema), row_group_size=len(group))
         if not rows:
             writer.write_table(schema.empty_table())
     return buf.getvalue()
 
 
+def _image_of(row: dict) -> str | None:
+    """The image a record embeds (its sha256), None for path-mode records and rows of other tables."""
+    image = row.get("image")
+    return row.get("image_sha256") if image and image.get("bytes") else None
+
+
+def _sizes(row: dict) -> tuple[int, int]:
+    """(bytes the row adds besides its image, bytes of its image)."""
+    if "image" not in row:
+        return len(json.dumps(row)), 0
+    image = len(row["image"].get("bytes") or b"")
+    return record_size(row) - image, image
+
+
+def _stored_size(group: list[dict]) -> int:
+    """Bytes of a row group once encoded: each distinct image once, the text of every row."""
+    seen, size = set(), 0
+    for row in group:
+        text, image = _sizes(row)
+        key = _image_of(row)
+        size += text + (image if key is None or key not in seen else 0)
+        seen.add(key)
+    return size
+
+
 def _row_groups(rows: list[dict], limit: int):
-    group, size = [], 0
+    """Consecutive rows cut into row groups of at most `limit` bytes stored (an image counted once per group),
+    `MAX_ROWS_PER_GROUP` rows and `MAX_DENSE_GROUP` bytes read back (every row with its image). A group ends
+    between two images when it can, so an image's records share one row group and its bytes are stored once."""
+    group, stored, dense, seen = [], 0, 0, set()
     for row in rows:
-        row_size = record_size(row) if "image" in row else len(json.dumps(row))
-        if group and (size + row_size > limit or len(group) >= MAX_ROWS_PER_GROUP):
+        text, image = _sizes(row)
+        key = _image_of(row)
+        new = key is None or key not in seen
+        add_stored, add_dense = text + (image if new else 0), text + image
+        if group and (dense + add_dense > MAX_DENSE_GROUP or len(group) >= MAX_ROWS_PER_GROUP or (
+                stored + add_stored > limit and (key is None or key != _image_of(group[-1])))):
             yield group
-            group, size = [], 0
+            group, stored, dense, seen = [], 0, 0, set()
+            add_stored = text + image
         group.append(row)
-        size += row_size
+        stored += add_stored
+        dense += add_dense
+        seen.add(key)
     if group:
         yield group
 
@@ -131,6 +177,7 @@ class _WriteShard(beam.DoFn):
             rows = [row for group in items for row in expand_group(group)]
             rows.sort(key=lambda r: r["id"])
             rows, dupes = self._drop_duplicates(rows)
+            rows.sort(key=shard_order)
             for row in dupes:
                 yield beam.pvalue.TaggedOutput(self.DUPES, row)
             schema = record_arrow_schema()

@@ -15,6 +15,12 @@ def record_id(*parts: object) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
+def shard_order(row: dict) -> tuple:
+    """Order of records in a data shard: by image (its sha256), then by id, so an image's records are adjacent
+    and the shard writer can store its bytes once."""
+    return str(row.get("image_sha256") or ""), str(row.get("id") or "")
+
+
 def bucket(key: str, n: int) -> int:
     """Shard index of a key: the same key always lands in the same shard for the same n."""
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) % n
