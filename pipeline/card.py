@@ -466,11 +466,13 @@ def command_line(ctx) -> str:
     command line (not defaults) in declaration order, then the extra (Beam) arguments. Values are as typed, so
     relative paths stay relative; `display_command` cuts absolute ones when the card shows it. The output folder is
     written `OUT`: the card lives in it, and two builds that differ only in where they write stay identical."""
-    from click import Option
+    from click import Argument, Option
     from click.core import ParameterSource
 
     parts = ["groundforge", *ctx.command_path.split()[1:]]
     for param in ctx.command.params:
+        if isinstance(param, Argument) and ctx.params.get(param.name) is not None:
+            parts.append(str(ctx.params[param.name]))  # DATASET of render
         if not isinstance(param, Option) or ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
             continue
         value = ctx.params[param.name]

@@ -17,10 +17,8 @@ import sys
 
 import click
 from groundforge.pipeline import console, registry
+from groundforge.pipeline.command import HELP, PipelineCommand, verbosity_options
 from groundforge.pipeline.config import click_params
-
-BEAM_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
-HELP = {"help_option_names": ["-h", "--help"]}
 
 # name -> ("module:attribute" of the click command, one-line help)
 COMMANDS = {
@@ -78,48 +76,14 @@ class BuildGroup(click.Group):
             formatter.write_dl([(name, registry.summary(name)) for name in registry.builder_names()])
 
 
-QUIET_HELP = "Print only the final `done in ...` line, warnings and errors (no progress, no summary)."
-VERBOSE_HELP = ("Also print progress when stderr is not a terminal (a line every 10 s), debug lines, worker "
-                "tracebacks and developer-facing Python warnings (DeprecationWarning, FutureWarning).")
-
-
-def _verbosity(ctx, param, value):
-    """Callback of --quiet/--verbose: the verbosity goes into the context (read by run_command) and the console."""
-    if value:
-        level = console.QUIET if param.name == "quiet" else console.VERBOSE
-        if ctx.meta.get(console.VERBOSITY_KEY, level) != level:
-            raise click.UsageError("give --quiet or --verbose, not both")
-        ctx.meta[console.VERBOSITY_KEY] = level
-        console.set_verbosity(level)
-    return value
-
-
-def verbosity_options() -> list[click.Option]:
-    """-q/--quiet and -v/--verbose; not part of any config (they change the terminal, not the output)."""
-    return [click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=_verbosity,
-                         help=QUIET_HELP),
-            click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_verbosity,
-                         help=VERBOSE_HELP)]
-
-
-class BuildCommand(click.Command):
-    """A build command: its config's options, plus -q/--quiet and -v/--verbose. Those two are parsed and listed in
-    --help but kept out of `params`, which the dataset card's command line is made from: a quiet build and a
-    verbose one write the same bytes."""
-
-    def get_params(self, ctx):
-        return [*self.params, *verbosity_options(), *super().get_params(ctx)[len(self.params):]]
-
-
 def builder_command(builder) -> click.Command:
     def callback(ctx, **values):
         from groundforge.pipeline.run import run_command
 
         run_command(builder, builder.config(**values), ctx.args)
 
-    return BuildCommand(builder.name, params=click_params(builder.config), callback=click.pass_context(callback),
-                         help=builder.help + "\n\nOptions not listed here go to Beam (--runner DataflowRunner ...).",
-                         context_settings={**BEAM_CONTEXT, **HELP})
+    return PipelineCommand(builder.name, params=click_params(builder.config), callback=click.pass_context(callback),
+                           help=builder.help + "\n\nOptions not listed here go to Beam (--runner DataflowRunner ...).")
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=HELP, params=verbosity_options())

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 
 import click
+from groundforge.pipeline.command import HELP
 from groundforge.pipeline.shards import InfoError, iter_rows, listed_path, load_info
 from groundforge.transforms.codecs import find_special_tokens
 from groundforge.transforms.images import ImageError
@@ -426,8 +427,8 @@ def _check_html_path(html_path: str) -> None:
         raise PreviewError(f"cannot write {html_path}: folder {folder} does not exist")
 
 
-@click.command("preview")
-@click.argument("out_dir")
+@click.command("preview", context_settings=HELP)
+@click.argument("out_dir", metavar="DATASET")
 @click.option("--out", "html_path", default="preview.html", show_default=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (its folder must exist).")
 @click.option("--n", type=click.IntRange(1), default=24, show_default=True, help="How many records to show.")

@@ -13,6 +13,7 @@ import apache_beam as beam
 import click
 from groundforge.pipeline import fs
 from groundforge.pipeline.builder import Builder, Outputs
+from groundforge.pipeline.command import PipelineCommand, dataset_argument, one_dataset
 from groundforge.pipeline.config import FORMATS, WriteConfig, click_params, option
 from groundforge.pipeline.emit import REJECTS, STATS, render_or_reject, stat
 from groundforge.pipeline.shards import InfoError, iter_rows, load_info, shard_paths
@@ -22,7 +23,7 @@ from groundforge.transforms.paths import PathError
 
 @dataclass(frozen=True, kw_only=True)
 class RenderConfig(WriteConfig):
-    src: str = option(MISSING, "A groundforge output directory.", cli="--in")
+    src: str = option(MISSING, "The groundforge output to read: another spelling of DATASET.", cli="--in")
     format: str = option(MISSING, "Target model format of prompt/target.", type=click.Choice(FORMATS))
 
 
@@ -45,7 +46,7 @@ class RenderFn(beam.DoFn):
 class Renderer(Builder):
     name = "render"
     config = RenderConfig
-    help = "Re-render the shards of --in for --format into --out, without touching images or boxes."
+    help = "Re-render the shards of DATASET for --format into --out, without touching images or boxes."
 
     def prepare(self, config: RenderConfig) -> dict:
         import pyarrow.parquet as pq
@@ -54,7 +55,7 @@ class Renderer(Builder):
             info = load_info(config.src)
             paths = shard_paths(config.src, info)
         except (FileNotFoundError, InfoError, PathError) as err:
-            raise click.BadParameter(str(err), param_hint="--in") from None
+            raise click.BadParameter(str(err), param_hint="DATASET") from None
         tables = {}
         for name, table in sorted((info.get("tables") or {}).items()):
             files = [fs.join(config.src, *f["file"].split("/")) for f in table["files"]]
@@ -110,11 +111,18 @@ def _write(data: bytes, path: str) -> None:
 RENDERER = Renderer()
 
 
-@click.command("render", params=click_params(RenderConfig), help=RENDERER.help,
-               context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": ["-h", "--help"]})
+def _render_params() -> list[click.Parameter]:
+    params = [dataset_argument(), *click_params(RenderConfig)]
+    for param in params:
+        if param.name == "src":
+            param.required = False  # DATASET or --in: checked by one_dataset
+    return params
+
+
+@click.command("render", cls=PipelineCommand, params=_render_params(), help=RENDERER.help)
 @click.pass_context
-def render_cmd(ctx, **values):
+def render_cmd(ctx, dataset, **values):
     from groundforge.pipeline.run import run_command
 
+    values["src"] = one_dataset(dataset, values["src"], ctx)
     run_command(RENDERER, RenderConfig(**values), ctx.args)

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import click
 from groundforge.pipeline import fs
+from groundforge.pipeline.command import HELP
 from groundforge.pipeline.shards import InfoError, listed_path, load_info
 from groundforge.schemas import record_arrow_schema, record_errors, reject_arrow_schema
 from groundforge.transforms.codecs import FORMATS, find_special_tokens, get_codec
@@ -202,10 +203,10 @@ def text_problems(row: dict) -> list[str]:
     return problems
 
 
-@click.command("validate")
-@click.argument("out_dir")
+@click.command("validate", context_settings=HELP)
+@click.argument("out_dir", metavar="DATASET")
 def validate_cmd(out_dir):
-    """Check every shard of OUT_DIR against the schema and dataset_info.json; exit 1 listing each problem."""
+    """Check every shard of DATASET (a groundforge output) against the schema and dataset_info.json; exit 1 listing each problem."""
     try:
         problems = validate_output(out_dir)
         info = None if problems else load_info(out_dir)

@@ -12,6 +12,7 @@ import re
 from collections import Counter
 
 import click
+from groundforge.pipeline.command import HELP, one_dataset
 from groundforge.pipeline.export.common import STAGE, ExportError, OutFile
 from groundforge.pipeline.export.images import ImageResolver
 from groundforge.pipeline.export.llava import LlavaTarget
@@ -154,13 +155,14 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("export")
-@click.option("--in", "src", required=True, help="A groundforge output directory (local or gs://...).")
+@click.command("export", context_settings=HELP)
+@click.argument("dataset", required=False, metavar="DATASET")
+@click.option("--in", "src", help="The groundforge output to read (local or gs://...): another spelling of DATASET.")
 @click.option("--to", "target", required=True, type=click.Choice(tuple(TARGETS)),
               help="swift: ms-swift grounding JSONL; maestro: maestro/Roboflow JSONL per split; "
                    "llava: LLaVA conversation JSON; messages: HF/TRL chat messages as Parquet.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Export directory (local; not --in and not inside it).")
+              help="Export directory (local; not DATASET and not inside it).")
 @click.option("--image-mode", type=click.Choice(("embed", "path")), default="embed", show_default=True,
               help="embed: write each image once as DIR/images/{image_sha256}.{ext} (maestro: beside each split's "
                    "annotations; messages: inside the Parquet); path: reference the record's stored image path.")
@@ -171,8 +173,9 @@ def summary_text(result: dict) -> str:
 @click.option("--rename-split", "rename", multiple=True, metavar="OLD=NEW",
               help="Write split OLD as NEW (repeatable). maestro renames val=valid unless told otherwise.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the swift prompt paraphrase choice.")
-def export_cmd(src, target, out, image_mode, image_prefix, images_root, rename, seed):
-    """Export the records of --in for another trainer: ms-swift, maestro, LLaVA or HF/TRL messages."""
+def export_cmd(dataset, src, target, out, image_mode, image_prefix, images_root, rename, seed):
+    """Export the records of DATASET for another trainer: ms-swift, maestro, LLaVA or HF/TRL messages."""
+    src = one_dataset(dataset, src)
     try:
         result = export_dataset(src, out, target, image_mode=image_mode, image_prefix=image_prefix,
                                 images_root=images_root, renames=parse_renames(rename, target), seed=seed)
