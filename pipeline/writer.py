@@ -25,7 +25,7 @@ from groundforge.schemas import record_arrow_schema, reject_arrow_schema
 from groundforge.transforms.records import BUILDER_VERSION, bucket, reject, shard_order
 
 MAX_ROWS_PER_GROUP = 1000
-MAX_DENSE_GROUP = 512 * 1024 * 1024  # a row group read back, every row with its image: far below Arrow's 2 GiB
+MAX_DENSE_GROUP = 128 * 1024 * 1024  # a row group read back, each row with its image: what a reader holds at once
 MIN_DICTIONARY_PAGE = 1024 * 1024  # pyarrow's default dictionary page limit
 REJECTS_PER_SHARD = 200_000
 
