@@ -24,7 +24,7 @@ def run(builder, config, beam_args=(), command: str | None = None) -> dict | Non
     `command`: the command line as typed, for the dataset card (local absolute paths are cut there)."""
     config.format_options()  # refuse a bad combination before anything runs
     plan = builder.prepare(config)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, size_hint=builder.size_hint(config, plan))
     check_output(config.out, builder.input_paths(config, plan))
     args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}
     if command:
