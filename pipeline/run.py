@@ -15,7 +15,7 @@ from groundforge.pipeline import console, fs
 from groundforge.pipeline.config import recorded
 from groundforge.pipeline.emit import Progress, expect
 from groundforge.pipeline.options import pipeline_options
-from groundforge.pipeline.outdir import check_output, clear_previous, output_lock
+from groundforge.pipeline.outdir import check_output, clear_previous, is_local, output_lock
 from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
 
 
@@ -52,7 +52,8 @@ def _run_pipeline(builder, config, plan, options, args) -> None:
         _ = pcolls | WriteDataset(
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
             args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
-            card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
+            card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()},
+            spill_groups=local and is_local(config.out))
 
 
 def _announce_totals(builder, config, plan) -> None:
