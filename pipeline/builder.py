@@ -58,6 +58,12 @@ class Builder:
         """Local input files and folders: the output may not contain them (a glob matching its own shards)."""
         return []
 
+    def size_hint(self, config, plan) -> int | None:
+        """Bytes of input, for the local runner's choice of mode (pipeline.options.local_mode); None: unknown."""
+        from groundforge.pipeline.options import input_bytes
+
+        return input_bytes(self.input_paths(config, plan))
+
     def inputs(self, config, plan) -> dict:
         """Resolved input facts recorded in dataset_info.json's args beside the config (layout, ...)."""
         return {}

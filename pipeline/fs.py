@@ -55,6 +55,15 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
         return f.read() if max_bytes is None else read_capped(f, path, max_bytes)
 
 
+def size(path: str) -> int:
+    """The file's size in bytes (OSError / FileNotFoundError when it cannot be read)."""
+    if _local(path):
+        return os.path.getsize(path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def exists(path: str) -> bool:
     if _local(path):
         return os.path.exists(path)

@@ -15,7 +15,7 @@ from groundforge.pipeline import console, fs
 from groundforge.pipeline.config import recorded
 from groundforge.pipeline.emit import Progress, expect
 from groundforge.pipeline.options import pipeline_options
-from groundforge.pipeline.outdir import check_output, clear_previous, output_lock
+from groundforge.pipeline.outdir import check_output, clear_previous, is_local, output_lock
 from groundforge.pipeline.writer import INFO_FILE, WriteDataset, start_output
 
 
@@ -24,7 +24,7 @@ def run(builder, config, beam_args=(), command: str | None = None) -> dict | Non
     `command`: the command line as typed, for the dataset card (local absolute paths are cut there)."""
     config.format_options()  # refuse a bad combination before anything runs
     plan = builder.prepare(config)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, size_hint=builder.size_hint(config, plan))
     check_output(config.out, builder.input_paths(config, plan))
     args = {**recorded(config), **builder.inputs(config, plan), "beam_args": list(beam_args)}
     if command:
@@ -52,7 +52,8 @@ def _run_pipeline(builder, config, plan, options, args) -> None:
         _ = pcolls | WriteDataset(
             config.out, builder=builder.builder_label(config, plan), dataset=builder.dataset(config, plan),
             args=args, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
-            card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()})
+            card=builder.card(config, plan), tables={name: table for name, (_, table) in outs.tables.items()},
+            spill_groups=local and is_local(config.out))
 
 
 def _announce_totals(builder, config, plan) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from groundforge.pipeline import fs
+from groundforge.pipeline import fs, spill
 from groundforge.pipeline.outdir import HOLDOUT_FILE, INFO_FILE  # noqa: F401 (re-exported)
 from groundforge.schemas import record_arrow_schema, reject_arrow_schema
 from groundforge.transforms.records import BUILDER_VERSION, bucket, reject, shard_order
@@ -164,17 +164,18 @@ class _WriteShard(beam.DoFn):
 
     DUPES = "duplicates"
 
-    def __init__(self, directory: str, kind: str, row_group_bytes: int):
+    def __init__(self, directory: str, kind: str, row_group_bytes: int, spilled: str | None = None):
         self.directory = directory
         self.kind = kind  # "data" or "rejects"
         self.row_group_bytes = row_group_bytes
+        self.spilled = spilled  # the folder of spilled image groups (pipeline/spill.py), when items are references
         self.rows_written = Metrics.counter("groundforge", f"{kind}_rows_written")
 
     def process(self, element):
         (split, index, count), items = element
         items = [item for item in items if item is not None]
         if self.kind == "data":
-            rows = [row for group in items for row in expand_group(group)]
+            rows = [row for item in items for row in expand_group(spill.load(self.spilled, item))]
             rows.sort(key=lambda r: r["id"])
             rows, dupes = self._drop_duplicates(rows)
             rows.sort(key=shard_order)
@@ -288,8 +289,9 @@ class WriteDataset(beam.PTransform):
 
     def __init__(self, out_dir: str, *, builder: str, dataset: str, args: dict, num_shards: int | None = None,
                  shard_size_mb: float = 256, row_group_mb: float = 32, card=None,
-                 tables: dict[str, Table] | None = None):
+                 tables: dict[str, Table] | None = None, spill_groups: bool = False):
         super().__init__()
+        self.spill_groups = spill_groups  # a local runner writing a local OUT: shuffle references (pipeline/spill.py)
         self.out_dir = out_dir
         self.builder = builder
         self.dataset = dataset
@@ -304,10 +306,13 @@ class WriteDataset(beam.PTransform):
         groups, rejects, stats = pcolls["groups"], pcolls["rejects"], pcolls["stats"]
         data_dir = fs.join(self.out_dir, "data")
         rejects_dir = fs.join(self.out_dir, "rejects")
-        grouped = _sharded(groups, lambda g: g["key"], group_size, lambda g: g["split"],
+        spilled = spill.spill_dir(data_dir) if self.spill_groups else None
+        if spilled:
+            groups = groups | "SpillGroups" >> beam.ParDo(spill.SpillGroups(spilled, group_size))
+        grouped = _sharded(groups, lambda g: g["key"], _spilled_size if spilled else group_size, lambda g: g["split"],
                            self.num_shards, self.target_bytes, "Data")
         written = grouped | "WriteData" >> beam.ParDo(
-            _WriteShard(data_dir, "data", self.row_group_bytes)).with_outputs(_WriteShard.DUPES, main="shards")
+            _WriteShard(data_dir, "data", self.row_group_bytes, spilled)).with_outputs(_WriteShard.DUPES, main="shards")
         table_files, table_dupes = [], []
         for name, table in self.tables.items():
             table_groups = _sharded(pcolls[name], table.key, _json_size, lambda r, s=table.split: s,
@@ -342,6 +347,8 @@ class WriteDataset(beam.PTransform):
     def _finalize(self, _, shards, reject_files, reasons, stats, tables=()):
         shards = sorted(shards, key=lambda s: s["file"])
         reject_files = sorted(reject_files, key=lambda s: s["file"])
+        if self.spill_groups:
+            spill.remove(spill.spill_dir(fs.join(self.out_dir, "data")))
         _remove_stale(self.out_dir, "data", {s["file"] for s in shards})
         _remove_stale(self.out_dir, "rejects", {s["file"] for s in reject_files})
         info = self._info(shards, reject_files, dict(reasons), dict(stats))
@@ -383,6 +390,10 @@ class WriteDataset(beam.PTransform):
             "args": self.args,
             "versions": versions(),
         }
+
+
+def _spilled_size(ref: dict) -> int:
+    return ref["size"]
 
 
 def _json_size(row: dict) -> int:

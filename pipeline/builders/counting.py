@@ -24,7 +24,8 @@ from groundforge.pipeline.emit import (
 )
 from groundforge.pipeline.image_files import load_image
 from groundforge.pipeline.options import check_dir
-from groundforge.pipeline.readers.coco import image_items, parse_coco
+from groundforge.pipeline.readers.coco import check_coco, image_items, parse_coco
+from groundforge.pipeline.readers.coco_stream import STREAM_MIN_BYTES, stream_coco
 from groundforge.pipeline.readers.common import (
     canonical_image_id,
     public_source,
@@ -75,12 +76,25 @@ class ExpandCoco(beam.DoFn):
     """COCO file path -> one element per image; malformed files and entries go to rejects."""
 
     def process(self, path: str):
-        coco, bad = parse_coco(fs.read_bytes(path), path)
+        coco, bad = read_coco(path)
         if bad:
             yield beam.pvalue.TaggedOutput(REJECTS, bad)
             return
         expect("images_read", len(coco["images"]))
         yield from read_outputs(image_items(coco, path))
+
+
+def read_coco(path: str):
+    """(coco dict, None) or (None, reject row): a file over STREAM_MIN_BYTES through the streaming parser (same
+    result, without the whole file in memory), falling back to the whole-file reader for anything odd."""
+    try:
+        big = fs.size(path) > STREAM_MIN_BYTES
+    except OSError:
+        big = False
+    coco = stream_coco(lambda: fs.open_read(path)) if big else None
+    if coco is not None:
+        return check_coco(coco, path)
+    return parse_coco(fs.read_bytes(path), path)
 
 
 class CountingFn(beam.DoFn):

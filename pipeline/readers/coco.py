@@ -18,6 +18,11 @@ def parse_coco(data: bytes, source: str):
         coco = loads_json(data)
     except ValueError as exc:
         return None, reject(source, "read", "malformed_json", str(exc))
+    return check_coco(coco, source)
+
+
+def check_coco(coco, source: str):
+    """A parsed COCO file -> (coco dict, None) or (None, a `not_coco` reject row)."""
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
             or not isinstance(coco.get("categories"), list) \
             or not isinstance(coco.get("annotations", []), list):
