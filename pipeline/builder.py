@@ -59,10 +59,11 @@ class Builder:
         return []
 
     def size_hint(self, config, plan) -> int | None:
-        """Bytes of input, for the local runner's choice of mode (pipeline.options.local_mode); None: unknown."""
+        """Bytes of input (the input files and the image folder, `--images`), for the local runner's choice of mode
+        (pipeline.options.local_mode); None: unknown. A small annotation file may point at gigabytes of images."""
         from groundforge.pipeline.options import input_bytes
 
-        return input_bytes(self.input_paths(config, plan))
+        return input_bytes([*self.input_paths(config, plan), getattr(config, "images", None) or ""])
 
     def inputs(self, config, plan) -> dict:
         """Resolved input facts recorded in dataset_info.json's args beside the config (layout, ...)."""

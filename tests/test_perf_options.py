@@ -2,6 +2,7 @@
 explicit --direct_running_mode always wins."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -51,5 +52,21 @@ def test_the_cli_says_the_choice_and_quiet_silences_it(tmp_path):
                               check=True)
 
     said = build()
-    assert "small input (0.0 MB): running in this process" in said.stderr
+    assert re.search(r"small input \(0\.\d MB\): running in this process", said.stderr), said.stderr
     assert build("-q").stderr == ""
+
+
+def test_a_small_annotation_file_with_a_large_image_folder_is_not_small(tmp_path):
+    """The image folder counts: a Roboflow export's JSON is kilobytes, its images gigabytes."""
+    from groundforge.pipeline.config import make_config
+    from groundforge.pipeline.registry import get_builder
+    from helpers import write_coco
+
+    coco = write_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}], [])
+    builder = get_builder("counting")
+    config = make_config(builder.config, {"coco": str(coco), "images": str(tmp_path / "images"),
+                                          "out": str(tmp_path / "out")})
+    small = builder.size_hint(config, builder.prepare(config))
+    assert small is not None and options.local_mode(small) == "in_memory"
+    (tmp_path / "images" / "big.bin").write_bytes(b"\0" * (options.SMALL_INPUT_BYTES + 1))
+    assert options.local_mode(builder.size_hint(config, builder.prepare(config))) == "multi_processing"

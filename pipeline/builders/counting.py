@@ -181,6 +181,11 @@ class CountingBuilder(Builder):
     def input_paths(self, config, plan: Plan) -> list[str]:
         return [plan.coco]
 
+    def size_hint(self, config, plan: Plan) -> int | None:
+        from groundforge.pipeline.options import input_bytes
+
+        return input_bytes([plan.coco, plan.images])  # images: --images or the folder of the COCO file
+
     def expand(self, p, config: CountingConfig, plan: Plan) -> Outputs:
         expanded = (p | "CocoFile" >> beam.Create([plan.coco])
                     | "ExpandCoco" >> beam.ParDo(ExpandCoco()).with_outputs(REJECTS, main="images"))
