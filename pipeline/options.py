@@ -88,7 +88,7 @@ def pipeline_options(beam_args: list[str] | tuple[str, ...] = (), size_hint: int
         if not _given(args, "direct_running_mode"):
             direct.direct_running_mode = local_mode(size_hint)
             if direct.direct_running_mode == "in_memory":
-                (echo or _log.info)(f"small input ({_mib(size_hint)}): running in this process "
+                (echo or _log.info)(f"small input{_size_text(size_hint)}: running in this process "
                                     "(--direct_running_mode=multi_processing to use worker processes)")
             elif not _given(args, "direct_num_workers"):
                 direct.direct_num_workers = os.cpu_count() or 1
@@ -132,8 +132,11 @@ def _size(path: str) -> int:
         return 0
 
 
-def _mib(n: int | None) -> str:
-    return f"{(n or 0) / (1024 * 1024):.1f} MB"
+def _size_text(n: int | None) -> str:
+    """` (348 KB)`, ` (3.2 MB)`; nothing when no input file is known (the shipped sample)."""
+    if not n:
+        return ""
+    return f" ({n / (1024 * 1024):.1f} MB)" if n >= 1024 * 1024 else f" ({max(1, round(n / 1024))} KB)"
 
 
 def quiet_local_workers(opts, args: list[str]) -> None:
