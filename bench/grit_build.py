@@ -15,7 +15,6 @@ The sample's 50 images and captions are repeated under new ids to --images image
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
