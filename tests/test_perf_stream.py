@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from groundforge.pipeline.builders import counting
-from groundforge.pipeline.readers.coco import image_items, parse_coco
+from groundforge.pipeline.readers import coco_stream
+from groundforge.pipeline.readers.coco import image_items, parse_coco, read_coco
 from groundforge.pipeline.readers.coco_stream import stream_coco
 from groundforge.pipeline.sample import SAMPLE_DIR
 
@@ -27,8 +27,8 @@ def _both(tmp_path, data: bytes, monkeypatch):
     path = tmp_path / "instances.json"
     path.write_bytes(data)
     whole = parse_coco(data, str(path))
-    monkeypatch.setattr(counting, "STREAM_MIN_BYTES", 0)
-    streamed = counting.read_coco(str(path))
+    monkeypatch.setattr(coco_stream, "STREAM_MIN_BYTES", 0)
+    streamed = read_coco(str(path))
     return whole, streamed, path
 
 
@@ -49,3 +49,18 @@ def test_odd_files_go_to_the_whole_file_reader(tmp_path, monkeypatch, name):
     whole, streamed, path = _both(tmp_path, ODD[name], monkeypatch)
     assert stream_coco(lambda: open(path, "rb")) is None
     assert _items(streamed, path) == _items(whole, path)
+
+
+def test_a_streamed_grit_build_writes_the_same_bytes(tmp_path, monkeypatch):
+    """GRIT's COCO captions and instances files go through the same reader: streamed, the output is identical."""
+    from helpers import build_cli, info_of
+
+    args = ["--coco-captions", SAMPLE_DIR / "captions.json", "--coco-instances", SAMPLE_DIR / "instances.json",
+            "--images", SAMPLE_DIR / "images"]
+    whole, _ = build_cli("grit", tmp_path, args, name="whole")
+    calls = []
+    monkeypatch.setattr(coco_stream, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(coco_stream, "stream_coco", lambda open_file: calls.append(1) or stream_coco(open_file))
+    streamed, _ = build_cli("grit", tmp_path, args, name="streamed")
+    assert len(calls) == 2  # captions and instances
+    assert [s["sha256"] for s in info_of(streamed)["shards"]] == [s["sha256"] for s in info_of(whole)["shards"]]

@@ -24,8 +24,7 @@ from groundforge.pipeline.emit import (
 )
 from groundforge.pipeline.image_files import load_image
 from groundforge.pipeline.options import check_dir
-from groundforge.pipeline.readers.coco import check_coco, image_items, parse_coco
-from groundforge.pipeline.readers.coco_stream import STREAM_MIN_BYTES, stream_coco
+from groundforge.pipeline.readers.coco import image_items, read_coco
 from groundforge.pipeline.readers.common import (
     canonical_image_id,
     public_source,
@@ -82,19 +81,6 @@ class ExpandCoco(beam.DoFn):
             return
         expect("images_read", len(coco["images"]))
         yield from read_outputs(image_items(coco, path))
-
-
-def read_coco(path: str):
-    """(coco dict, None) or (None, reject row): a file over STREAM_MIN_BYTES through the streaming parser (same
-    result, without the whole file in memory), falling back to the whole-file reader for anything odd."""
-    try:
-        big = fs.size(path) > STREAM_MIN_BYTES
-    except OSError:
-        big = False
-    coco = stream_coco(lambda: fs.open_read(path)) if big else None
-    if coco is not None:
-        return check_coco(coco, path)
-    return parse_coco(fs.read_bytes(path), path)
 
 
 class CountingFn(beam.DoFn):

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from groundforge.pipeline.readers.coco_stream import read_json_object
 from groundforge.pipeline.readers.common import loads_json, positive_int, rejected
 from groundforge.transforms.counting import categories_from_coco
 from groundforge.transforms.records import reject
+
+
+def read_coco(path: str):
+    """(coco dict, None) or (None, reject row) for a COCO file; a large one is streamed (`read_json_object`)."""
+    try:
+        coco = read_json_object(path)
+    except ValueError as exc:
+        return None, reject(path, "read", "malformed_json", str(exc))
+    return check_coco(coco, path)
 
 
 def parse_coco(data: bytes, source: str):

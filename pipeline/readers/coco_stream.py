@@ -1,4 +1,5 @@
-"""A large COCO JSON file read by a streaming parser (ijson), never as one bytes object and one parsed tree.
+"""A large COCO JSON file (instances, captions) read by a streaming parser (ijson), never as one bytes object and
+one parsed tree. `read_json_object` is the one place that decides how such a file is read (counting, GRIT).
 
 `json.loads` of instances_train2017.json (448 MB) holds the file's bytes, its decoded text and the whole tree
 at once: several GB in one worker. `stream_coco` reads the file twice through ijson's C backend: a first pass
@@ -10,8 +11,22 @@ so malformed files are rejected with the whole-file reader's reason and detail.
 """
 from __future__ import annotations
 
+from groundforge.pipeline import fs
+from groundforge.pipeline.readers.common import loads_json
+
 STREAM_MIN_BYTES = 16 * 1024 * 1024   # smaller files: json.loads, which is faster
 MAX_DEPTH = 64                          # COCO is 4 deep; anything deeper goes to the whole-file reader
+
+
+def read_json_object(path: str):
+    """The parsed JSON file: streamed when it is over STREAM_MIN_BYTES and plain (see `stream_coco`), else (and for
+    anything odd) through the whole-file reader, which raises ValueError for malformed JSON."""
+    try:
+        big = fs.size(path) > STREAM_MIN_BYTES
+    except OSError:
+        big = False
+    data = stream_coco(lambda: fs.open_read(path)) if big else None
+    return data if data is not None else loads_json(fs.read_bytes(path))
 
 
 def stream_coco(open_file) -> dict | None:

@@ -6,7 +6,6 @@ import csv
 
 import apache_beam as beam
 import pyarrow as pa
-from groundforge.pipeline import fs
 from groundforge.pipeline.builders.grit.plan import Source
 from groundforge.pipeline.emit import read_outputs, reject, stat
 from groundforge.pipeline.readers.captions import (
@@ -15,7 +14,8 @@ from groundforge.pipeline.readers.captions import (
     read_grit20m,
     read_webdataset,
 )
-from groundforge.pipeline.readers.common import canonical_image_id, loads_json
+from groundforge.pipeline.readers.coco_stream import read_json_object
+from groundforge.pipeline.readers.common import canonical_image_id
 from groundforge.transforms.codecs import find_special_tokens
 
 
@@ -56,7 +56,7 @@ def _json_file(path: str, *lists: str) -> dict:
     """A JSON object with the given list fields. Errors name the file: the reject's source is the captions
     file even when the instances file is the bad one."""
     try:
-        data = loads_json(fs.read_bytes(path))
+        data = read_json_object(path)  # streamed when large
     except ValueError as exc:
         raise MalformedJson(f"{path}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
