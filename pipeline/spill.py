@@ -4,7 +4,7 @@ Beam's local runners hold every element of a GroupByKey in memory until the grou
 groups (image bytes and ~9 record dicts each) the shard writer's shuffle made peak memory grow with the dataset
 (~63 KB per image). On a local runner with a local OUT, `SpillGroups` appends each pickled group to a file of
 its bundle under OUT/data/.tmp-groups/ and passes on a small reference {split, key, size, ref}; the shard writer
-reads the groups of its shard back (`load`), so memory is bounded by the shard size. The folder is removed when
+reads the groups of its shard back (`load_all`), so memory is bounded by the shard size. The folder is removed when
 the output is finalized (and with any earlier output at the start of a run). The output bytes do not change: the
 writer sees the same groups, keys and sizes.
 """
@@ -59,14 +59,22 @@ class SpillGroups(beam.DoFn):
         self.finish_bundle()
 
 
-def load(directory: str, item: dict) -> dict:
-    """The image group a reference points at (an image group passes through)."""
-    if not is_ref(item):
-        return item
-    name, offset, length = item["ref"]
-    with open(os.path.join(directory, name), "rb") as f:
-        f.seek(offset)
-        return pickle.loads(f.read(length))
+def load_all(directory: str | None, items: list[dict]) -> list[dict]:
+    """The image groups of one shard's items: references read back with one open per spill file, in file order;
+    image groups (no spilling) pass through. The writer sorts the rows, so the order of groups does not matter."""
+    groups, spans = [], {}
+    for item in items:
+        if is_ref(item):
+            name, offset, length = item["ref"]
+            spans.setdefault(name, []).append((offset, length))
+        else:
+            groups.append(item)
+    for name, parts in sorted(spans.items()):
+        with open(os.path.join(directory, name), "rb") as f:
+            for offset, length in sorted(parts):
+                f.seek(offset)
+                groups.append(pickle.loads(f.read(length)))
+    return groups
 
 
 def remove(directory: str) -> None:

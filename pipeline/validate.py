@@ -206,7 +206,8 @@ def text_problems(row: dict) -> list[str]:
 @click.command("validate", context_settings=HELP)
 @click.argument("out_dir", metavar="DATASET")
 def validate_cmd(out_dir):
-    """Check every shard of DATASET (a groundforge output) against the schema and dataset_info.json; exit 1 listing each problem."""
+    """Check every shard of DATASET (a groundforge output) against the schema and dataset_info.json; exit 1
+    listing each problem."""
     try:
         problems = validate_output(out_dir)
         info = None if problems else load_info(out_dir)

@@ -2,8 +2,9 @@
 
 Rows are bucketed into shards by a hash of their key, so the same inputs give the same shard for every
 row whatever the runner's parallelism; within a shard rows are sorted by image, then key (an image's records
-adjacent, so its bytes are stored once); each file is written under a temporary name and renamed. The shard count per split comes from a target size (or is given), so every
-`{split}-{i:05d}-of-{n:05d}.parquet` for i < n exists, empty ones included. dataset_info.json is written
+adjacent, so its bytes are stored once); each file is written under a temporary name and renamed. The shard
+count per split comes from a target size (or is given), so every `{split}-{i:05d}-of-{n:05d}.parquet` for
+i < n exists, empty ones included. dataset_info.json is written
 last and removed at the start of a run, so an interrupted output is recognisably incomplete; a restarted
 run rewrites every shard and deletes files from earlier runs that are not part of the new output.
 """
@@ -90,11 +91,11 @@ def parquet_bytes(rows: list[dict], schema, row_group_bytes: int) -> bytes:
     import pyarrow.parquet as pq
 
     groups = list(_row_groups(rows, row_group_bytes))
-    dictionary = max([MIN_DICTIONARY_PAGE] + [_stored_size(g) + MIN_DICTIONARY_PAGE for g in groups])
+    dictionary = max([MIN_DICTIONARY_PAGE] + [stored + MIN_DICTIONARY_PAGE for _, stored in groups])
     buf = io.BytesIO()
     with pq.ParquetWriter(buf, schema, compression="snappy", write_page_index=False,
                           dictionary_pagesize_limit=dictionary) as writer:
-        for group in groups:
+        for group, _ in groups:
             writer.write_table(pa.Table.from_pylist(group, schema=schema), row_group_size=len(group))
         if not rows:
             writer.write_table(schema.empty_table())
@@ -115,21 +116,11 @@ def _sizes(row: dict) -> tuple[int, int]:
     return record_size(row) - image, image
 
 
-def _stored_size(group: list[dict]) -> int:
-    """Bytes of a row group once encoded: each distinct image once, the text of every row."""
-    seen, size = set(), 0
-    for row in group:
-        text, image = _sizes(row)
-        key = _image_of(row)
-        size += text + (image if key is None or key not in seen else 0)
-        seen.add(key)
-    return size
-
-
 def _row_groups(rows: list[dict], limit: int):
     """Consecutive rows cut into row groups of at most `limit` bytes stored (an image counted once per group),
     `MAX_ROWS_PER_GROUP` rows and `MAX_DENSE_GROUP` bytes read back (every row with its image). A group ends
-    between two images when it can, so an image's records share one row group and its bytes are stored once."""
+    between two images when it can, so an image's records share one row group and its bytes are stored once.
+    Yields (rows, bytes stored)."""
     group, stored, dense, seen = [], 0, 0, set()
     for row in rows:
         text, image = _sizes(row)
@@ -138,7 +129,7 @@ def _row_groups(rows: list[dict], limit: int):
         add_stored, add_dense = text + (image if new else 0), text + image
         if group and (dense + add_dense > MAX_DENSE_GROUP or len(group) >= MAX_ROWS_PER_GROUP or (
                 stored + add_stored > limit and (key is None or key != _image_of(group[-1])))):
-            yield group
+            yield group, stored
             group, stored, dense, seen = [], 0, 0, set()
             add_stored = text + image
         group.append(row)
@@ -146,7 +137,7 @@ def _row_groups(rows: list[dict], limit: int):
         dense += add_dense
         seen.add(key)
     if group:
-        yield group
+        yield group, stored
 
 
 def write_shard(directory: str, sub: str, shard: tuple, rows: list[dict], schema, row_group_bytes: int) -> dict:
@@ -175,7 +166,7 @@ class _WriteShard(beam.DoFn):
         (split, index, count), items = element
         items = [item for item in items if item is not None]
         if self.kind == "data":
-            rows = [row for item in items for row in expand_group(spill.load(self.spilled, item))]
+            rows = [row for group in spill.load_all(self.spilled, items) for row in expand_group(group)]
             rows.sort(key=lambda r: r["id"])
             rows, dupes = self._drop_duplicates(rows)
             rows.sort(key=shard_order)

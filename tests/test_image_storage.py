@@ -100,7 +100,8 @@ def test_path_mode_records_are_cut_by_their_text():
     for r in rows:
         r["image"] = {"bytes": None, "path": r["image"]["path"]}
     groups = list(writer._row_groups(rows, limit=3 * max(writer.record_size(r) for r in rows)))
-    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    assert [len(g) for g, _ in groups] == [3, 3, 3, 3]
+    assert [stored for _, stored in groups] == [sum(writer.record_size(r) for r in g) for g, _ in groups]
 
 
 def test_counting_build_stores_each_image_once_and_datasets_loads_every_row(tmp_path):
